@@ -1,0 +1,158 @@
+"""Recipe schema: one pydantic model per component, `extra="forbid"` so a typo names its field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    output_dir: Path = Path("runs")
+    seed: int = 0
+    threads: int = Field(2, ge=1, description="torch intra-op threads per process")
+
+
+class TinyModelConfig(Strict):
+    """A small Qwen2-architecture model built from config with a local char-level tokenizer."""
+
+    hidden_size: int = Field(256, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(1024, ge=8)
+    max_position_embeddings: int = Field(256, ge=16)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("model.tiny.hidden_size must be divisible by model.tiny.num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("model.tiny.num_heads must be divisible by model.tiny.num_kv_heads")
+        return self
+
+
+class WarmStartConfig(Strict):
+    """Short SFT on the domains' demonstrations before RL, cached on disk by its config."""
+
+    enabled: bool = True
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    examples_per_domain: int = Field(2000, ge=1)
+    cache_dir: Path = Path("~/.cache/omnisched/warm_start")
+
+
+class ModelConfig(Strict):
+    path: str | None = Field(None, description="an HF causal-LM folder; None builds the tiny model")
+    tiny: TinyModelConfig = TinyModelConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+
+
+class RewardComponent(Strict):
+    """One term of a domain's reward: a verifier (rewards/) or a judge (judges/), weighted."""
+
+    verifier: str | None = None
+    judge: str | None = None
+    weight: float = Field(1.0, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardComponent:
+        if (self.verifier is None) == (self.judge is None):
+            raise ValueError("a reward component names exactly one of 'verifier' or 'judge'")
+        return self
+
+
+class DomainConfig(Strict):
+    """A domain: a builtin generator (`type`), user data (`type: data`) or reasoning-gym tasks."""
+
+    name: str
+    type: str = Field(
+        ..., description="builtin generator: math | code | qa | creative | data | gym"
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+    eval_size: int = Field(64, ge=1)
+    reward: list[RewardComponent] | None = Field(
+        None, description="reward components; None uses the domain type's default"
+    )
+
+
+class RolloutConfig(Strict):
+    backend: str = "hf"
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    group_size: int = Field(8, ge=2, description="G completions per prompt")
+    max_new_tokens: int = Field(24, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class LearnerConfig(Strict):
+    backend: str = "torch"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    max_grad_norm: float = Field(1.0, gt=0)
+    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip (lower)")
+    clip_eps_high: float | None = Field(None, gt=0, description="DAPO clip-higher; None = clip_eps")
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the frozen reference; 0 disables it")
+    loss_agg: Literal["token-mean", "sequence-mean", "dr-grpo"] = "token-mean"
+    scale_advantages: bool = Field(True, description="divide by group std (False = Dr.GRPO)")
+    ppo_epochs: int = Field(1, ge=1)
+    micro_batch_size: int = Field(64, ge=1)
+    bf16: bool = True
+
+
+class ScheduleConfig(Strict):
+    policy: str = "bwt"
+    order: list[str] | None = Field(None, description="domain order for the sequential policy")
+    phases: int | None = Field(None, ge=1, description="number of phases; None = one per domain")
+    steps_per_phase: int = Field(20, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+
+
+class EvalConfig(Strict):
+    max_new_tokens: int | None = Field(None, ge=1, description="None = rollout.max_new_tokens")
+    open_samples: int = Field(4, ge=1, description="samples per prompt for open-ended domains")
+
+
+class RayConfig(Strict):
+    enabled: bool = Field(True, description="False runs every worker inside the driver, no Ray")
+    address: str | None = Field(None, description="None starts a local Ray in-process")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray")
+    reward_workers: int = Field(1, ge=1)
+    reward_concurrency: int = Field(2, ge=1, description="items scored at once per reward worker")
+    reward_timeout_s: float = Field(10.0, gt=0, description="per-item verifier timeout")
+
+
+class Recipe(Strict):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    domains: list[DomainConfig]
+    rollout: RolloutConfig = RolloutConfig()
+    learner: LearnerConfig = LearnerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        names = [d.name for d in self.domains]
+        if not names:
+            raise ValueError("domains: at least one domain is required")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"domains: duplicate domain name(s) {dupes}")
+        if self.schedule.order is not None:
+            unknown = [n for n in self.schedule.order if n not in names]
+            if unknown:
+                raise ValueError(f"schedule.order names unknown domain(s) {unknown}; known {names}")
+        return self

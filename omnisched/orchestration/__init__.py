@@ -1,0 +1,1 @@
+"""Orchestration: the single controller and the workers it drives (Ray actors or inline)."""

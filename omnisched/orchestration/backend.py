@@ -1,0 +1,84 @@
+"""Where workers live: Ray actors (local Ray or a cluster) or plain objects in the driver.
+
+The controller only uses `spawn`, `call` and `gather`, so the same loop runs on either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Protocol
+
+from omnisched.config.schema import RayConfig
+
+
+class Backend(Protocol):
+    def spawn(self, cls: type, *args: Any, num_cpus: float = 1.0, **kwargs: Any) -> Any: ...
+
+    def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Start `worker.method(*args)`; returns a future for `gather`."""
+        ...
+
+    def gather(self, futures: list[Any]) -> list[Any]: ...
+
+    def put(self, obj: Any) -> Any: ...
+
+    def shutdown(self) -> None: ...
+
+
+class InlineBackend:
+    """Every worker is a plain object in this process; calls run sequentially."""
+
+    def spawn(self, cls: type, *args: Any, num_cpus: float = 1.0, **kwargs: Any) -> Any:
+        return cls(*args, **kwargs)
+
+    def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(worker, method)(*args, **kwargs)
+
+    def gather(self, futures: list[Any]) -> list[Any]:
+        return futures
+
+    def put(self, obj: Any) -> Any:
+        return obj
+
+    def shutdown(self) -> None:
+        return None
+
+
+class RayBackend:
+    """Workers are Ray actors; `ray.init` starts a local Ray unless `address` names a cluster."""
+
+    def __init__(self, cfg: RayConfig) -> None:
+        import ray
+
+        self.ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+            if cfg.address:
+                kwargs["address"] = cfg.address
+            else:
+                kwargs["num_cpus"] = cfg.num_cpus or max(4, os.cpu_count() or 1)
+            os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+            ray.init(**kwargs)
+
+    def spawn(self, cls: type, *args: Any, num_cpus: float = 1.0, **kwargs: Any) -> Any:
+        actor_cls = self.ray.remote(num_cpus=num_cpus)(cls)
+        return actor_cls.remote(*args, **kwargs)
+
+    def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(worker, method).remote(*args, **kwargs)
+
+    def gather(self, futures: list[Any]) -> list[Any]:
+        return self.ray.get(futures)
+
+    def put(self, obj: Any) -> Any:
+        return self.ray.put(obj)
+
+    def shutdown(self) -> None:
+        if self._owns_ray:
+            self.ray.shutdown()
+
+
+def make_backend(cfg: RayConfig) -> Backend:
+    return RayBackend(cfg) if cfg.enabled else InlineBackend()

@@ -1,0 +1,305 @@
+"""The single controller: the driver loop of the paper's algorithm.
+
+warm start -> baseline eval -> for each phase: policy picks domain(s) -> GRPO steps
+(generate G per prompt -> hybrid reward -> group advantages -> learner step -> weight sync)
+-> checkpoint -> eval every domain -> scheduler records R, entropy -> report
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from omnisched.config.schema import Recipe
+from omnisched.domains import Domain, Example, build_domain
+from omnisched.learner.base import TrainSample
+from omnisched.learner.grpo import group_advantages
+from omnisched.metrics import MetricsLogger, write_report
+from omnisched.model import warm_start
+from omnisched.orchestration.backend import Backend, make_backend
+from omnisched.orchestration.workers import (
+    LearnerWorker,
+    RewardWorker,
+    RolloutWorker,
+    SchedulerService,
+)
+from omnisched.rollout.base import Completion, SamplingParams
+from omnisched.schedule.state import Evaluation, SchedulerState
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+class Controller:
+    def __init__(self, recipe: Recipe, run_dir: Path, progress: Progress | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.progress = progress or (lambda event, info: None)
+        self.rng = random.Random(recipe.run.seed)
+        self.domains: dict[str, Domain] = {
+            d.name: build_domain(d, recipe.run.seed) for d in recipe.domains
+        }
+        self.step = 0
+        self.timings: dict[str, float] = {"eval_s": 0.0, "train_s": 0.0, "warm_start_s": 0.0}
+
+    # ---- setup ----------------------------------------------------------------------------
+    def setup(self, backend: Backend) -> None:
+        r = self.recipe
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(r.model_dump(mode="json")))
+        t0 = time.perf_counter()
+        demo_rng = random.Random(r.run.seed + 1)
+        demos = [
+            pair
+            for dom in self.domains.values()
+            for pair in dom.demonstrations(demo_rng, r.model.warm_start.examples_per_domain)
+        ]
+        self.progress("warm_start", {"examples": len(demos)})
+        model_path = warm_start(
+            r.model,
+            demos,
+            r.run.seed,
+            r.run.threads,
+            progress=lambda s, n, loss: self.progress("sft", {"step": s, "total": n, "loss": loss}),
+        )
+        self.timings["warm_start_s"] = time.perf_counter() - t0
+        self.model_path = str(model_path)
+        self.backend = backend
+        threads = r.run.threads
+        self.rollout = [
+            backend.spawn(
+                RolloutWorker,
+                r.rollout.backend,
+                self.model_path,
+                r.model.dtype,
+                threads,
+                num_cpus=r.rollout.cpus_per_worker,
+            )
+            for _ in range(r.rollout.num_workers)
+        ]
+        specs = {name: dom.reward for name, dom in self.domains.items()}
+        self.rewarders = [
+            backend.spawn(
+                RewardWorker, specs, r.ray.reward_concurrency, r.ray.reward_timeout_s, num_cpus=0.5
+            )
+            for _ in range(r.ray.reward_workers)
+        ]
+        self.learner = backend.spawn(
+            LearnerWorker,
+            r.learner.backend,
+            self.model_path,
+            r.learner,
+            threads,
+            r.run.seed,
+            num_cpus=1,
+        )
+        state = SchedulerState(
+            domains=list(self.domains),
+            kinds={n: d.kind for n, d in self.domains.items()},
+            policy=r.schedule.policy,
+            total_phases=r.schedule.phases or len(self.domains),
+        )
+        self.scheduler = backend.spawn(
+            SchedulerService,
+            state,
+            r.schedule,
+            str(self.run_dir / "scheduler_state.json"),
+            num_cpus=0,
+        )
+        self.metrics = MetricsLogger(self.run_dir)
+
+    def _ask(self, worker: Any, method: str, *args: Any) -> Any:
+        return self.backend.gather([self.backend.call(worker, method, *args)])[0]
+
+    # ---- generation and scoring -------------------------------------------------------------
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """Split prompts over the rollout workers and run them in parallel."""
+        k = len(self.rollout)
+        chunks = [prompts[i::k] for i in range(k)]
+        futures = [
+            self.backend.call(w, "generate", chunk, params)
+            for w, chunk in zip(self.rollout, chunks)
+            if chunk
+        ]
+        results = self.backend.gather(futures)
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for i, res in enumerate(results):
+            out[i::k] = res
+        return out
+
+    def score(self, domain: str, examples: list[Example], groups: list[list[Completion]]):
+        """Hybrid reward of every completion; columns repeat per completion (TRL style)."""
+        prompts, texts, columns = [], [], {}
+        for ex, group in zip(examples, groups):
+            for c in group:
+                prompts.append(ex.prompt)
+                texts.append(c.text)
+                for key, val in ex.columns.items():
+                    columns.setdefault(key, []).append(val)
+        k = len(self.rewarders)
+        n = len(texts)
+        bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
+        futures = [
+            self.backend.call(
+                w,
+                "score",
+                domain,
+                prompts[a:b],
+                texts[a:b],
+                {c: v[a:b] for c, v in columns.items()},
+            )
+            for w, (a, b) in zip(self.rewarders, bounds)
+            if b > a
+        ]
+        batches = self.backend.gather(futures)
+        total = [x for b in batches for x in b.total]
+        parts: dict[str, list[float]] = {}
+        for b in batches:
+            for name, vals in b.components.items():
+                parts.setdefault(name, []).extend(vals)
+        reasons = [x for b in batches for x in b.reasons]
+        return total, parts, reasons
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def evaluate(self, label: str) -> Evaluation:
+        t0 = time.perf_counter()
+        r = self.recipe
+        acc, ent, items = {}, {}, {}
+        max_new = r.eval.max_new_tokens or r.rollout.max_new_tokens
+        for name, dom in self.domains.items():
+            if dom.kind == "open":
+                params = SamplingParams(
+                    n=r.eval.open_samples,
+                    max_new_tokens=max_new,
+                    temperature=r.rollout.temperature,
+                    top_p=r.rollout.top_p,
+                    seed=r.run.seed,
+                )
+            else:
+                params = SamplingParams(n=1, max_new_tokens=max_new, temperature=0.0)
+            groups = self.generate([ex.prompt for ex in dom.eval_set], params)
+            total, _, _ = self.score(name, dom.eval_set, groups)
+            per_item = [
+                sum(total[i * params.n : (i + 1) * params.n]) / params.n
+                for i in range(len(dom.eval_set))
+            ]
+            entropies = [c.mean_entropy for g in groups for c in g]
+            acc[name] = sum(per_item) / len(per_item)
+            ent[name] = sum(entropies) / len(entropies)
+            items[name] = [round(x, 4) for x in per_item]
+        dt = time.perf_counter() - t0
+        self.timings["eval_s"] += dt
+        flat = {f"acc/{d}": v for d, v in acc.items()} | {f"entropy/{d}": v for d, v in ent.items()}
+        self.metrics.log(self.step, {"label": label, **flat, "eval_s": dt}, kind="eval")
+        self.progress("eval", {"label": label, "accuracy": acc, "entropy": ent})
+        return Evaluation(accuracy=acc, entropy=ent, items=items)
+
+    # ---- training --------------------------------------------------------------------------
+    def draw_prompts(self, domains: list[str]) -> list[tuple[str, Example]]:
+        n = self.recipe.schedule.prompts_per_step
+        names = [domains[i % len(domains)] for i in range(n)]
+        self.rng.shuffle(names)
+        return [(d, self.domains[d].train_batch(self.rng, 1)[0]) for d in names]
+
+    def train_step(self, domains: list[str]) -> dict[str, float]:
+        r = self.recipe
+        t0 = time.perf_counter()
+        drawn = self.draw_prompts(domains)
+        params = SamplingParams(
+            n=r.rollout.group_size,
+            max_new_tokens=r.rollout.max_new_tokens,
+            temperature=r.rollout.temperature,
+            top_p=r.rollout.top_p,
+            seed=r.run.seed * 1_000_003 + self.step,
+        )
+        groups = self.generate([ex.prompt for _, ex in drawn], params)
+        t_gen = time.perf_counter()
+        rewards = torch.zeros(len(drawn), r.rollout.group_size)
+        stats: dict[str, float] = {}
+        for dom in dict.fromkeys(d for d, _ in drawn):
+            idx = [i for i, (d, _) in enumerate(drawn) if d == dom]
+            total, parts, _ = self.score(dom, [drawn[i][1] for i in idx], [groups[i] for i in idx])
+            rewards[idx] = torch.tensor(total).view(len(idx), -1)
+            stats[f"reward/{dom}"] = sum(total) / len(total)
+            for comp, vals in parts.items():
+                stats[f"reward/{dom}/{comp}"] = sum(vals) / len(vals)
+        t_score = time.perf_counter()
+        adv = group_advantages(rewards, scale=r.learner.scale_advantages)
+        samples = [
+            TrainSample(c.prompt_ids, c.token_ids, float(adv[i, j]))
+            for i, group in enumerate(groups)
+            for j, c in enumerate(group)
+            if r.learner.kl_coef > 0 or abs(float(adv[i, j])) > 1e-8
+        ]
+        learn: dict[str, float] = {}
+        if samples:  # a batch whose groups all tie carries no policy gradient
+            learn = self._ask(self.learner, "train_step", samples)
+            state = self.backend.put(self._ask(self.learner, "state_dict"))
+            self.backend.gather(
+                [self.backend.call(w, "update_weights", state) for w in self.rollout]
+            )
+        t_end = time.perf_counter()
+        self.step += 1
+        lengths = [len(c.token_ids) for g in groups for c in g]
+        record = {
+            **stats,
+            **{f"learner/{k}": v for k, v in learn.items()},
+            "reward/mean": float(rewards.mean()),
+            "samples_trained": len(samples),
+            "completion_len": sum(lengths) / len(lengths),
+            "entropy": sum(c.mean_entropy for g in groups for c in g) / len(lengths),
+            "time/generate_s": t_gen - t0,
+            "time/score_s": t_score - t_gen,
+            "time/learn_sync_s": t_end - t_score,
+            "time/step_s": t_end - t0,
+            "domains": "+".join(domains),
+        }
+        self.timings["train_s"] += t_end - t0
+        self.metrics.log(self.step, record)
+        return record
+
+    # ---- the run ---------------------------------------------------------------------------
+    def run(self) -> Path:
+        r = self.recipe
+        t_start = time.perf_counter()
+        backend = make_backend(r.ray)
+        try:
+            self.setup(backend)
+            self._ask(self.scheduler, "record_baseline", self.evaluate("base"))
+            total_phases = r.schedule.phases or len(self.domains)
+            for phase in range(total_phases):
+                decision = self._ask(self.scheduler, "next_phase")
+                self.progress(
+                    "phase",
+                    {
+                        "index": phase,
+                        "total": total_phases,
+                        "domains": decision.domains,
+                        "reason": decision.reason,
+                    },
+                )
+                for s in range(r.schedule.steps_per_phase):
+                    rec = self.train_step(decision.domains)
+                    self.progress(
+                        "step",
+                        {"phase": phase, "step": s, "total": r.schedule.steps_per_phase, **rec},
+                    )
+                ckpt = self.run_dir / "checkpoints" / f"phase-{phase}"
+                self._ask(self.learner, "save", str(ckpt))
+                result = self.evaluate(f"phase-{phase}")
+                self._ask(self.scheduler, "finish_phase", r.schedule.steps_per_phase, result)
+            self._ask(self.learner, "save", str(self.run_dir / "checkpoints" / "final"))
+            state = SchedulerState.from_dict(self._ask(self.scheduler, "get_state"))
+            wall = time.perf_counter() - t_start
+            self.metrics.log(self.step, {**self.timings, "wall_s": wall}, kind="timing")
+            self.metrics.close()
+            return write_report(self.run_dir, state, title=f"omnisched run `{r.run.name}`")
+        finally:
+            backend.shutdown()

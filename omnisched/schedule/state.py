@@ -1,0 +1,117 @@
+"""The scheduler's whole state: evaluations per phase, decisions and reasons (JSON on disk)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omnisched.schedule.transfer import backward_transfer, forward_transfer
+
+
+@dataclass
+class Evaluation:
+    """Held-out results of every domain at one point in training."""
+
+    accuracy: dict[str, float]
+    entropy: dict[str, float]
+    items: dict[str, list[float]] = field(default_factory=dict)  # per-item score, eval-set order
+
+
+@dataclass
+class PhaseRecord:
+    index: int
+    trained: list[str]  # one domain for curricula; all domains for joint phases
+    reason: str
+    predicted_final: dict[str, float] | None = None
+    steps: int = 0
+    result: Evaluation | None = None  # filled at the phase boundary
+
+
+@dataclass
+class SchedulerState:
+    domains: list[str]
+    kinds: dict[str, str]
+    policy: str
+    total_phases: int
+    baseline: Evaluation | None = None
+    phases: list[PhaseRecord] = field(default_factory=list)
+
+    # ---- derived measurements -------------------------------------------------------------
+    def completed(self) -> list[PhaseRecord]:
+        return [p for p in self.phases if p.result is not None]
+
+    def current(self) -> Evaluation | None:
+        done = self.completed()
+        return done[-1].result if done else self.baseline
+
+    def R(self) -> list[list[float]]:
+        """R[i][j] for completed phase i, columns in recipe domain order."""
+        return [[p.result.accuracy[d] for d in self.domains] for p in self.completed()]  # type: ignore[union-attr]
+
+    def training_order(self) -> list[str] | None:
+        """Domains in the order trained, when every phase trained one new domain; else None."""
+        order = [p.trained[0] for p in self.completed() if len(p.trained) == 1]
+        if len(order) != len(self.completed()) or len(set(order)) != len(order):
+            return None
+        return order
+
+    def R_trained_order(self) -> list[list[float]] | None:
+        """R with columns reordered so column j is the domain trained in phase j (for BWT/FWT)."""
+        order = self.training_order()
+        if not order:
+            return None
+        cols = order + [d for d in self.domains if d not in order]
+        return [[p.result.accuracy[d] for d in cols] for p in self.completed()]  # type: ignore[union-attr]
+
+    def bwt(self) -> float | None:
+        R = self.R_trained_order()
+        return backward_transfer(R) if R and len(R) >= 2 else None
+
+    def fwt(self) -> float | None:
+        R, order = self.R_trained_order(), self.training_order()
+        if not R or len(R) < 2 or self.baseline is None or order is None:
+            return None
+        cols = order + [d for d in self.domains if d not in order]
+        return forward_transfer(R, [self.baseline.accuracy[d] for d in cols])
+
+    # ---- persistence -----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["R"] = self.R()
+        out["BWT"] = self.bwt()
+        out["FWT"] = self.fwt()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SchedulerState:
+        def ev(d: dict | None) -> Evaluation | None:
+            return Evaluation(**d) if d else None
+
+        phases = [
+            PhaseRecord(**{**p, "result": ev(p.get("result"))}) for p in data.get("phases", [])
+        ]
+        return cls(
+            domains=list(data["domains"]),
+            kinds=dict(data["kinds"]),
+            policy=data["policy"],
+            total_phases=int(data["total_phases"]),
+            baseline=ev(data.get("baseline")),
+            phases=phases,
+        )
+
+    def save(self, path: Path) -> None:
+        """Atomic write: a crash leaves either the old or the new file, never half of one."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> SchedulerState:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,96 @@
+"""Recipe validation: every mistake is one line naming the field, from the API and the CLI."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from omnisched.config import load_recipe
+from omnisched.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    recipe = load_recipe(path)
+    assert recipe.domains
+
+
+def test_overrides_are_parsed_as_yaml():
+    r = load_recipe(
+        ROOT / "recipes/tiny.yaml",
+        ["learner.lr=1e-5", "domains.0.eval_size=8", "schedule.order=[qa, math]"],
+    )
+    assert r.learner.lr == 1e-5
+    assert r.domains[0].eval_size == 8
+    assert r.schedule.order == ["qa", "math"]
+
+
+def _write(tmp_path, data) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+BASE = {"domains": [{"name": "m", "type": "math"}]}
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"learner": {"lrr": 1}}, "learner.lrr: unknown field"),
+        ({"learner": {"lr": "fast"}}, "learner.lr:"),
+        ({"rollout": {"group_size": 1}}, "rollout.group_size:"),
+        (
+            {"domains": [{"name": "m", "type": "poetry"}]},
+            "domains.0.type: unknown domain type 'poetry'",
+        ),
+        ({"schedule": {"order": ["m", "nope"]}}, "unknown domain(s) ['nope']"),
+        ({"schedule": {"policy": "magic"}}, "schedule.policy: unknown policy 'magic'"),
+        ({"domains": [{"name": "m", "type": "math"}, {"name": "m", "type": "qa"}]}, "duplicate"),
+        (
+            {"domains": [{"name": "m", "type": "math", "reward": [{"weight": 1}]}]},
+            "exactly one of 'verifier' or 'judge'",
+        ),
+    ],
+)
+def test_bad_recipes_name_the_field(tmp_path, patch, needle):
+    with pytest.raises(ConfigError) as info:
+        load_recipe(_write(tmp_path, {**BASE, **patch}))
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="must look like"):
+        load_recipe(_write(tmp_path, BASE), ["learner.lr"])
+    with pytest.raises(ConfigError, match="list index"):
+        load_recipe(_write(tmp_path, BASE), ["domains.5.eval_size=3"])
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"learner": {"lrr": 1}}, "learner.lrr: unknown field"),
+        ({"learner": {"lr": "fast"}}, "learner.lr"),
+        ({"domains": [{"name": "m", "type": "poetry"}]}, "domains.0.type"),
+    ],
+)
+def test_cli_prints_one_line_and_exits_nonzero(tmp_path, patch, needle):
+    path = _write(tmp_path, {**BASE, **patch})
+    proc = subprocess.run(
+        [sys.executable, "-m", "omnisched.cli", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert needle in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -1,0 +1,125 @@
+"""Built-in domains, user data files and reasoning-gym tasks."""
+
+import json
+import random
+
+import pytest
+
+from judges import CreativeRubricJudge
+from omnisched.config.schema import DomainConfig, RewardComponent
+from omnisched.domains import build_domain
+from omnisched.domains.gym import score_reasoning_gym
+from omnisched.errors import ConfigError, DataError
+
+
+def make(type_, eval_size=16, **options):
+    return build_domain(
+        DomainConfig(name=type_, type=type_, eval_size=eval_size, options=options), 0
+    )
+
+
+@pytest.mark.parametrize("type_", ["math", "code", "qa", "creative"])
+def test_eval_set_is_fixed_and_never_drawn_for_training(type_):
+    dom = make(type_)
+    again = make(type_)
+    assert [e.id for e in dom.eval_set] == [e.id for e in again.eval_set]
+    assert len(dom.eval_set) == 16
+    eval_ids = {e.id for e in dom.eval_set}
+    batch = dom.train_batch(random.Random(1), 300)
+    assert not eval_ids & {e.id for e in batch}
+    assert all(e.prompt and e.demonstration for e in batch)
+
+
+def test_math_answers_are_correct():
+    dom = make("math", ops="+-*", max_operand=20)
+    for ex in dom.train_batch(random.Random(0), 50):
+        expr = ex.id
+        assert str(eval(expr)) == ex.columns["answer"] == ex.demonstration
+
+
+def test_code_demonstration_passes_its_tests_and_a_wrong_one_fails():
+    dom = make("code")
+    for ex in dom.train_batch(random.Random(0), 20):
+        ns: dict = {}
+        exec(ex.columns["code_prefix"] + ex.demonstration + "\n" + ex.columns["tests"], ns)
+        with pytest.raises(AssertionError):
+            exec(ex.columns["code_prefix"] + ex.demonstration + "+1\n" + ex.columns["tests"], {})
+
+
+def test_qa_world_is_consistent():
+    dom = make("qa", num_people=8)
+    answers = {}
+    for ex in dom.train_batch(random.Random(0), 200):
+        assert answers.setdefault(ex.prompt, ex.columns["answer"]) == ex.columns["answer"]
+
+
+def test_creative_demonstrations_score_high_and_copies_score_lower():
+    dom = make("creative")
+    judge = CreativeRubricJudge()
+    batch = dom.train_batch(random.Random(0), 30)
+    verdicts = judge.judge(
+        [e.prompt for e in batch],
+        [e.demonstration for e in batch],
+        keyword=[e.columns["keyword"] for e in batch],
+    )
+    assert min(v.score for v in verdicts) > 0.95
+    ex = batch[0]
+    same = judge.judge([ex.prompt] * 4, [ex.demonstration] * 4, keyword=[ex.columns["keyword"]] * 4)
+    assert all(v.score < verdicts[0].score for v in same)
+    bad = judge.judge([ex.prompt], ["zzz qqq"], keyword=[ex.columns["keyword"]])
+    assert bad[0].score < 0.5 and "keyword" in bad[0].rationale
+
+
+def test_data_domain_from_jsonl(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{"prompt": f"{i}+1=", "answer": str(i + 1), "ref": str(i + 1)} for i in range(40)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = DomainConfig(
+        name="u",
+        type="data",
+        eval_size=10,
+        options={"path": str(path), "completion_field": "ref"},
+        reward=[RewardComponent(verifier="math")],
+    )
+    dom = build_domain(cfg, 0)
+    assert len(dom.eval_set) == 10
+    ex = dom.train_batch(random.Random(0), 5)[0]
+    assert ex.columns["answer"] == ex.demonstration
+    assert not {e.id for e in dom.eval_set} & {e.id for e in dom.train_batch(random.Random(0), 50)}
+
+
+def test_data_domain_errors_name_the_problem(tmp_path):
+    missing = DomainConfig(
+        name="u",
+        type="data",
+        options={"path": str(tmp_path / "x.jsonl")},
+        reward=[RewardComponent(verifier="math")],
+    )
+    with pytest.raises(DataError, match=r"x\.jsonl"):
+        build_domain(missing, 0)
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"question": "q"}) + "\n")
+    bad_field = DomainConfig(
+        name="u",
+        type="data",
+        eval_size=1,
+        options={"path": str(path), "eval_path": str(path)},
+        reward=[RewardComponent(verifier="math")],
+    )
+    with pytest.raises(DataError, match="no 'prompt' field"):
+        build_domain(bad_field, 0)
+    with pytest.raises(ConfigError, match=r"options\.path is required"):
+        build_domain(DomainConfig(name="u", type="data"), 0)
+    with pytest.raises(ConfigError, match="unknown option"):
+        make("math", max_operands=3)
+
+
+def test_reasoning_gym_domain_scores_with_the_task_scorer():
+    dom = make("gym", eval_size=4, task="basic_arithmetic", size=50)
+    ex = dom.train_batch(random.Random(0), 1)[0]
+    good = score_reasoning_gym(
+        [ex.demonstration, "nonsense"], [ex.columns["gym_task"]] * 2, [ex.columns["gym_entry"]] * 2
+    )
+    assert good == [1.0, 0.0]
+    with pytest.raises(ConfigError, match="reasoning-gym task"):
+        make("gym", task="no_such_task")
