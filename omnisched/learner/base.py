@@ -29,7 +29,7 @@ class Learner(Protocol):
     """A training backend (plain torch on CPU, DeepSpeed ZeRO on GPU)."""
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        """Take one optimizer step on the samples; return scalar metrics (loss, kl, grad_norm...)."""
+        """One optimizer step on the samples; returns scalar metrics (loss, kl, grad_norm...)."""
         ...
 
     def state_dict(self) -> dict[str, torch.Tensor]:

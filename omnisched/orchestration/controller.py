@@ -98,6 +98,7 @@ class Controller:
             r.learner,
             threads,
             r.run.seed,
+            r.rollout.max_new_tokens,
             num_cpus=1,
         )
         state = SchedulerState(

@@ -61,7 +61,13 @@ class LearnerWorker:
     """Owns the policy being trained: `train_step`, `state_dict`, `save`."""
 
     def __init__(
-        self, backend: str, model_path: str, cfg: LearnerConfig, threads: int | None, seed: int
+        self,
+        backend: str,
+        model_path: str,
+        cfg: LearnerConfig,
+        threads: int | None,
+        seed: int,
+        max_completion_len: int | None = None,
     ) -> None:
         from omnisched.learner import LEARNERS
         from omnisched.model import load_model
@@ -69,7 +75,9 @@ class LearnerWorker:
         _quiet_worker(threads)
         torch.manual_seed(seed)
         model, tokenizer = load_model(model_path, dtype="float32")
-        self.learner = LEARNERS.get(backend)(model, cfg, pad_token_id=tokenizer.pad_token_id)
+        self.learner = LEARNERS.get(backend)(
+            model, cfg, pad_token_id=tokenizer.pad_token_id, max_completion_len=max_completion_len
+        )
         self.tokenizer = tokenizer
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:

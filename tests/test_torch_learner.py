@@ -1,0 +1,154 @@
+"""TorchLearner on a tiny Qwen2 built from config: it learns in the advantage's direction."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from omnisched.config.schema import LearnerConfig
+from omnisched.learner import LEARNERS, Learner, TorchLearner, TrainSample
+
+PAD = 0
+torch.set_num_threads(2)
+
+
+def tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=PAD, tie_word_embeddings=False,
+    )  # fmt: skip
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def completion_logprobs(model: Qwen2ForCausalLM, sample: TrainSample) -> list[float]:
+    """Independent reference: full forward, full log_softmax, one token at a time."""
+    ids = torch.tensor([sample.prompt_ids + sample.completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+    p = len(sample.prompt_ids)
+    return [float(logp[p + j - 1, t]) for j, t in enumerate(sample.completion_ids)]
+
+
+def ragged_samples(n: int = 6, seed: int = 1) -> list[TrainSample]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        p, c = 2 + i % 4, 1 + (3 * i) % 7
+        ids = torch.randint(1, 40, (p + c,), generator=g).tolist()
+        out.append(TrainSample(ids[:p], ids[p:], advantage=float(i % 3) - 1.0))
+    return out
+
+
+def test_registered_and_satisfies_protocol() -> None:
+    learner = LEARNERS.get("torch")(tiny_model(), LearnerConfig(), pad_token_id=PAD)
+    assert isinstance(learner, TorchLearner)
+    assert isinstance(learner, Learner)
+
+
+def test_advantage_sign_moves_completion_logprob() -> None:
+    model = tiny_model()
+    good = TrainSample([5, 6, 7], [8, 9, 10, 11], advantage=1.0)
+    bad = TrainSample([5, 6, 7], [12, 13, 14], advantage=-1.0)
+    before = [sum(completion_logprobs(model, s)) for s in (good, bad)]
+    learner = TorchLearner(model, LearnerConfig(lr=1e-2, bf16=True), pad_token_id=PAD)
+    for _ in range(5):
+        metrics = learner.train_step([good, bad])
+    after = [sum(completion_logprobs(model, s)) for s in (good, bad)]
+    assert after[0] > before[0] + 1.0
+    assert after[1] < before[1] - 1.0
+    assert metrics["tokens"] == 7
+    assert {"loss", "clip_frac", "grad_norm", "entropy", "step_time_s"} <= set(metrics)
+    assert 0 < metrics["entropy"] <= torch.log(torch.tensor(40.0)).item()
+
+
+def test_kl_zero_at_start_then_grows_and_reference_stays_frozen() -> None:
+    model = tiny_model()
+    learner = TorchLearner(model, LearnerConfig(lr=1e-2, kl_coef=0.1, bf16=False), PAD)
+    assert learner.ref_model is not None and learner.ref_model is not model
+    ref_before = copy.deepcopy(learner.ref_model.state_dict())
+    samples = ragged_samples()
+    kls = [learner.train_step(samples)["kl"] for _ in range(4)]
+    assert kls[0] == pytest.approx(0.0, abs=1e-7)
+    assert 0 < kls[1] < kls[2] < kls[3]
+    for k, v in learner.ref_model.state_dict().items():
+        torch.testing.assert_close(v, ref_before[k], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "sequence-mean", "dr-grpo"])
+def test_micro_batching_gives_the_full_batch_gradient(loss_agg: str) -> None:
+    samples = ragged_samples(7)
+    samples[2].old_logprobs = [-3.0] * len(samples[2].completion_ids)  # an off-policy sample
+    grads, losses = [], []
+    for micro in (2, 64):
+        cfg = LearnerConfig(micro_batch_size=micro, loss_agg=loss_agg, bf16=False, kl_coef=0.05)
+        learner = TorchLearner(tiny_model(), cfg, PAD)
+        losses.append(learner.train_step(samples)["loss"])
+        grads.append([p.grad.clone() for p in learner.params])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_old_logprobs_are_aligned_with_completion_tokens() -> None:
+    model = tiny_model()
+    samples = ragged_samples()
+    for s in samples:  # the sampler's logprobs equal the policy's: ratio exactly 1
+        s.old_logprobs = completion_logprobs(model, s)
+    on_policy = TorchLearner(copy.deepcopy(model), LearnerConfig(bf16=False), PAD)
+    m_on = on_policy.train_step(
+        [TrainSample(s.prompt_ids, s.completion_ids, s.advantage) for s in samples]
+    )
+    learner = TorchLearner(model, LearnerConfig(bf16=False), PAD)
+    m = learner.train_step(samples)
+    assert m["ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert m["clip_frac"] == 0.0
+    assert m["grad_norm"] == pytest.approx(m_on["grad_norm"], rel=1e-4)
+
+
+def test_stale_old_logprobs_clip_the_update() -> None:
+    samples = ragged_samples()
+    for s in samples:  # ratio = e > 1 + eps: positive advantages clipped, no gradient from them
+        s.advantage = 1.0
+        s.old_logprobs = [lp - 1.0 for lp in completion_logprobs(tiny_model(), s)]
+    m = TorchLearner(tiny_model(), LearnerConfig(bf16=False), PAD).train_step(samples)
+    assert m["clip_frac"] == pytest.approx(1.0)
+    assert m["grad_norm"] == 0.0
+
+
+def test_second_ppo_epoch_sees_an_off_policy_ratio() -> None:
+    learner = TorchLearner(tiny_model(), LearnerConfig(lr=1e-2, ppo_epochs=2, bf16=False), PAD)
+    m = learner.train_step(ragged_samples())
+    assert m["ratio"] != pytest.approx(1.0, abs=1e-6)  # epoch 1 has ratio 1, epoch 2 does not
+
+
+def test_state_dict_loads_into_fresh_copy_with_identical_logits(tmp_path: Path) -> None:
+    learner = TorchLearner(tiny_model(), LearnerConfig(lr=1e-2, bf16=True), PAD)
+    learner.train_step(ragged_samples())
+    state = learner.state_dict()
+    assert all(t.device.type == "cpu" and not t.requires_grad for t in state.values())
+    fresh = tiny_model(seed=123)
+    fresh.load_state_dict(state)
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    learner.model.eval()
+    with torch.no_grad():
+        expected = learner.model(ids).logits
+        torch.testing.assert_close(fresh(ids).logits, expected, atol=0, rtol=0)
+    learner.save(tmp_path / "ckpt")
+    reloaded = Qwen2ForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, expected, atol=0, rtol=0)
+    learner.train_step(ragged_samples())  # a snapshot: later steps leave it unchanged
+    torch.testing.assert_close(fresh.state_dict()["lm_head.weight"], state["lm_head.weight"])
+    assert not torch.equal(learner.model.lm_head.weight, state["lm_head.weight"])
+
+
+def test_rejects_misaligned_old_logprobs() -> None:
+    learner = TorchLearner(tiny_model(), LearnerConfig(), PAD)
+    with pytest.raises(ValueError, match="sample 0: 1 old_logprobs for 2 completion tokens"):
+        learner.train_step([TrainSample([1, 2], [3, 4], 1.0, old_logprobs=[-1.0])])
