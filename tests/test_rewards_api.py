@@ -1,0 +1,170 @@
+"""Registry, `Score`, `score_batch` (bounded, per-item timeouts, crashes) and shaping rewards."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pickle
+import threading
+import time
+
+import pytest
+
+import rewards
+from omnisched.errors import DataError, PluginError
+from rewards.shaping import length_score
+
+
+def test_builtin_verifiers_are_registered() -> None:
+    assert {"math", "code", "format", "length", "exact_match"} <= set(rewards.names())
+    assert rewards.VERIFIERS.kind == "verifier"
+    assert rewards.VERIFIERS.group == "omnisched.verifiers"
+
+
+def test_unknown_name_lists_known_ones() -> None:
+    with pytest.raises(PluginError, match=r"unknown verifier 'nope'; known: .*code.*math"):
+        rewards.get("nope")
+
+
+def test_register_decorator_and_trl_signature() -> None:
+    @rewards.register("test_always_half")
+    def half(completions: list[str], **kwargs: object) -> list[float]:
+        return [0.5] * len(completions)
+
+    try:
+        assert rewards.get("test_always_half") is half
+        assert half(["a", "b"], prompts=["p", "q"], answer=["x", "y"]) == [0.5, 0.5]
+        with pytest.raises(PluginError, match="already registered"):
+            rewards.register("test_always_half")(lambda completions, **kw: [])
+    finally:
+        rewards.VERIFIERS._items.pop("test_always_half")
+
+
+def test_entry_point_verifiers_are_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = importlib.metadata.EntryPoint(
+        name="test_ep_len", value="rewards.shaping:length_reward", group="omnisched.verifiers"
+    )
+    real = importlib.metadata.entry_points
+
+    def fake(**kwargs: object):
+        if kwargs.get("group") == "omnisched.verifiers":
+            return [ep]
+        return real(**kwargs)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    monkeypatch.setattr(rewards.VERIFIERS, "_entry_points_loaded", False)
+    try:
+        assert rewards.get("test_ep_len") is rewards.get("length")
+    finally:
+        rewards.VERIFIERS._items.pop("test_ep_len", None)
+
+
+def test_score_is_a_float_with_a_reason() -> None:
+    s = rewards.Score(0.0, "no answer found")
+    assert isinstance(s, float) and s == 0.0 and s + 1 == 1.0
+    assert s.reason == "no answer found"
+    back = pickle.loads(pickle.dumps(s))
+    assert back == 0.0 and back.reason == "no answer found"
+
+
+# Module-level so reward worker processes can import them.
+def slow_on_sleep(completions: list[str], **_: object) -> list[float]:
+    if completions[0] == "sleep":
+        time.sleep(60)
+    return [1.0]
+
+
+def crash_on_crash(completions: list[str], **_: object) -> list[float]:
+    if completions[0] == "crash":
+        os._exit(3)
+    if completions[0] == "raise":
+        raise RuntimeError("boom")
+    return [1.0]
+
+
+def echo_column(completions: list[str], value: list[int], **_: object) -> list[float]:
+    return [float(value[0])]
+
+
+def test_score_batch_times_out_slow_items_without_stalling() -> None:
+    start = time.perf_counter()
+    out = rewards.score_batch(
+        slow_on_sleep, ["ok", "sleep", "ok", "sleep", "ok"], {}, max_workers=2, timeout=1.0
+    )
+    assert [float(s) for s in out] == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert "timed out after 1s" in out[1].reason
+    assert time.perf_counter() - start < 15
+
+
+def test_score_batch_survives_crashing_items() -> None:
+    out = rewards.score_batch(
+        crash_on_crash, ["crash", "ok", "raise", "ok"], {}, max_workers=2, timeout=10
+    )
+    assert [float(s) for s in out] == [0.0, 1.0, 0.0, 1.0]
+    assert "reward worker died" in out[0].reason
+    assert "RuntimeError: boom" in out[2].reason
+
+
+def test_score_batch_aligns_columns_per_item() -> None:
+    out = rewards.score_batch(
+        echo_column, ["a", "b", "c"], {"value": [3, 1, 2]}, max_workers=2, timeout=10
+    )
+    assert out == [3.0, 1.0, 2.0]
+    with pytest.raises(DataError, match="column 'value' has 2 values for 3 completions"):
+        rewards.score_batch(echo_column, ["a", "b", "c"], {"value": [1, 2]})
+
+
+def test_score_batch_bounds_concurrency_on_threads() -> None:
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def tracked(completions: list[str], **_: object) -> list[float]:  # a closure: threads
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return [1.0]
+
+    out = rewards.score_batch(tracked, ["x"] * 8, {}, max_workers=3, timeout=10)
+    assert out == [1.0] * 8
+    assert peak[0] == 3
+
+
+def test_unpicklable_verifier_still_times_out() -> None:
+    def hang(completions: list[str], **_: object) -> list[float]:
+        time.sleep(30)
+        return [1.0]
+
+    out = rewards.score_batch(hang, ["x"], {}, max_workers=1, timeout=0.3)
+    assert out[0] == 0.0 and "timed out" in out[0].reason
+
+
+def test_format_reward() -> None:
+    fmt = rewards.get("format")
+    assert fmt(["<answer>4</answer>"]) == [1.0]
+    out = fmt(
+        [
+            "<think>hm</think><answer>4</answer>",
+            "<answer>4</answer><think>x</think>",
+            "<answer></answer>",
+            "4",
+        ],
+        tags=["think,answer", ["think", "answer"], None, None],
+    )
+    assert [float(s) for s in out] == [1.0, 0.0, 0.0, 0.0]
+    assert "out of order" in out[1].reason and "empty" in out[2].reason
+    assert "exactly once" in out[3].reason
+
+
+def test_length_reward_is_a_soft_overlong_penalty() -> None:
+    assert length_score(10, 100, 20) == 1.0
+    assert length_score(90, 100, 20) == pytest.approx(0.5)
+    assert length_score(100, 100, 20) == 0.0 and length_score(500, 100, 20) == 0.0
+    out = rewards.get("length")(["x" * 10, "x" * 95], max_length=[100, 100], buffer=[20, 20])
+    assert out[0] == 1.0 and out[1] == pytest.approx(0.25) and "95 characters" in out[1].reason
+
+
+def test_exact_match() -> None:
+    out = rewards.get("exact_match")(["The Cat.\nmore", "dog"], answer=["cat", "cat"])
+    assert [float(s) for s in out] == [1.0, 0.0]
