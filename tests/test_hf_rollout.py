@@ -1,0 +1,141 @@
+"""The HF rollout engine: batched sampling with a KV cache, logprobs, entropies, weight sync."""
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+from omnisched.config.schema import ModelConfig, TinyModelConfig, WarmStartConfig
+from omnisched.model import load_model, warm_start
+from omnisched.rollout import ENGINES, HFEngine, RolloutEngine, SamplingParams
+
+TINY = TinyModelConfig(
+    hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+    max_position_embeddings=64,
+)  # fmt: skip
+WORDS = ["".join(t) for t in itertools.product("abcdef", repeat=3)]
+random.Random(0).shuffle(WORDS)
+TRAIN, HELD_OUT = WORDS[:180], WORDS[180:]
+PROMPTS = ["ab>", "Q: copy fed then stop\n>", "cab>", "x"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, str]:
+    """A random tiny model and the same model warm-started to copy 3-letter words."""
+    cache = tmp_path_factory.mktemp("cache")
+    demos = [(f"{w}>", w) for w in TRAIN]
+    out = {}
+    for name, steps in (("random", 0), ("trained", 60)):
+        ws = WarmStartConfig(steps=steps, batch_size=32, lr=3e-3, cache_dir=cache)
+        out[name] = str(warm_start(ModelConfig(tiny=TINY, warm_start=ws), demos, 0, threads=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def engines(folders) -> dict[str, HFEngine]:
+    return {name: HFEngine(path, dtype="float32") for name, path in folders.items()}
+
+
+def recompute(model, completion, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logprobs of the sampled tokens and entropies, by one forward pass over prompt+completion."""
+    p, c = completion.prompt_ids, completion.token_ids
+    with torch.no_grad():
+        logits = model(torch.tensor([p + c])).logits[0, len(p) - 1 : len(p) + len(c) - 1]
+    logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, torch.tensor(c)[:, None]).squeeze(1), entropy
+
+
+def test_engine_is_registered_and_implements_the_protocol(engines):
+    assert ENGINES.get("hf") is HFEngine
+    assert isinstance(engines["random"], RolloutEngine)
+
+
+def test_returns_n_completions_per_prompt_with_consistent_fields(engines):
+    engine = engines["random"]
+    out = engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=7, seed=0))
+    assert [len(group) for group in out] == [3] * len(PROMPTS)
+    eos = engine.tokenizer.eos_token_id
+    for prompt, group in zip(PROMPTS, out, strict=True):
+        for c in group:
+            assert c.prompt == prompt and c.prompt_ids == engine.tokenizer.encode(prompt)
+            assert 1 <= len(c.token_ids) <= 7
+            assert len(c.logprobs) == len(c.entropies) == len(c.token_ids)
+            assert c.finished == (c.token_ids[-1] == eos)
+            assert eos not in c.token_ids[:-1]
+            assert "<eos>" not in c.text
+
+
+@pytest.mark.parametrize("model", ["random", "trained"])
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.6])
+def test_logprobs_and_entropies_match_a_forward_pass(engines, folders, model, temperature):
+    engine = engines[model]
+    reference, _ = load_model(folders[model], "float32")
+    params = SamplingParams(n=4, max_new_tokens=8, temperature=temperature, seed=3)
+    completions = [c for g in engine.generate(PROMPTS, params) for c in g]
+    if model == "trained" and temperature > 1:  # rows finish at different steps: compaction
+        assert len({len(c.token_ids) for c in completions}) > 1
+    log_v = math.log(len(engine.tokenizer))
+    for c in completions:
+        logprobs, entropies = recompute(reference, c, temperature)
+        assert all(lp <= 0 for lp in c.logprobs)
+        assert all(0 <= h <= log_v + 1e-4 for h in c.entropies)
+        torch.testing.assert_close(torch.tensor(c.logprobs), logprobs, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.tensor(c.entropies), entropies, atol=2e-4, rtol=1e-4)
+
+
+def test_top_p_renormalises_over_the_nucleus(engines):
+    params = SamplingParams(n=4, max_new_tokens=6, top_p=0.3, seed=0)
+    full = SamplingParams(n=4, max_new_tokens=6, seed=0)
+    engine = engines["random"]
+    nucleus = [lp for g in engine.generate(PROMPTS, params) for c in g for lp in c.logprobs]
+    plain = [lp for g in engine.generate(PROMPTS, full) for c in g for lp in c.logprobs]
+    assert all(lp <= 0 for lp in nucleus)
+    assert sum(nucleus) / len(nucleus) > sum(plain) / len(plain) + 1.0  # few tokens left
+
+
+def test_greedy_is_deterministic_and_independent_of_batching(engines, folders):
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    engine = engines["random"]
+    batched = engine.generate(PROMPTS, params)
+    assert engine.generate(PROMPTS, params) == batched
+    small = HFEngine(folders["random"], dtype="float32", max_batch=1)
+    alone = [small.generate([p], params)[0] for p in PROMPTS]  # no left padding at all
+    assert [g[0].token_ids for g in alone] == [g[0].token_ids for g in batched]
+
+
+def test_same_seed_reproduces_samples_and_another_seed_differs(engines):
+    engine = engines["random"]
+    texts = {
+        seed: [c.text for g in engine.generate(PROMPTS, SamplingParams(n=4, seed=seed)) for c in g]
+        for seed in (0, 0, 1)
+    }
+    again = [c.text for g in engine.generate(PROMPTS, SamplingParams(n=4, seed=0)) for c in g]
+    assert again == texts[0] and texts[1] != texts[0]
+    assert len(set(texts[0])) > len(PROMPTS)  # the n samples of a prompt differ
+
+
+def test_warm_started_model_solves_the_task_greedily(engines):
+    out = engines["trained"].generate(
+        [f"{w}>" for w in HELD_OUT], SamplingParams(max_new_tokens=6, temperature=0)
+    )
+    correct = [g[0].finished and g[0].text == w for g, w in zip(out, HELD_OUT, strict=True)]
+    assert sum(correct) >= 0.9 * len(HELD_OUT)
+
+
+def test_update_weights_turns_the_random_engine_into_the_trained_one(folders):
+    greedy = SamplingParams(max_new_tokens=6, temperature=0)
+    prompts = [f"{w}>" for w in HELD_OUT[:12]]
+    trained_model, _ = load_model(folders["trained"], "float32")
+    expected = HFEngine(folders["trained"]).generate(prompts, greedy)  # bf16, like the rollout
+    engine = HFEngine(folders["random"])
+    before = engine.generate(prompts, greedy)
+    engine.update_weights(trained_model.state_dict())  # fp32 learner weights into a bf16 engine
+    after = engine.generate(prompts, greedy)
+    assert [g[0].text for g in before] != [g[0].text for g in expected]
+    assert [g[0].token_ids for g in after] == [g[0].token_ids for g in expected]
+    assert engine.model.dtype == torch.bfloat16
+    with pytest.raises(KeyError, match="missing"):
+        engine.update_weights({"lm_head.weight": trained_model.lm_head.weight})
