@@ -56,6 +56,16 @@ BASE = {"domains": [{"name": "m", "type": "math"}]}
             {"domains": [{"name": "m", "type": "math", "reward": [{"weight": 1}]}]},
             "exactly one of 'verifier' or 'judge'",
         ),
+        (
+            {"domains": [{"name": "m", "type": "math", "reward": [{"verifier": "nope"}]}]},
+            "domains.0.reward.0.verifier: unknown verifier 'nope'; known:",
+        ),
+        (
+            {"domains": [{"name": "m", "type": "math", "reward": [{"judge": "gpt"}]}]},
+            "domains.0.reward.0.judge: unknown judge 'gpt'",
+        ),
+        ({"rollout": {"backend": "sglang"}}, "rollout.backend: unknown rollout engine 'sglang'"),
+        ({"learner": {"backend": "megatron"}}, "learner.backend: unknown learner 'megatron'"),
     ],
 )
 def test_bad_recipes_name_the_field(tmp_path, patch, needle):

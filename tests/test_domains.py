@@ -123,3 +123,15 @@ def test_reasoning_gym_domain_scores_with_the_task_scorer():
     assert good == [1.0, 0.0]
     with pytest.raises(ConfigError, match="reasoning-gym task"):
         make("gym", task="no_such_task")
+
+
+def test_qa_eval_asks_trained_facts_in_a_phrasing_rl_never_uses():
+    dom = make("qa", eval_size=12)
+    train = dom.train_batch(random.Random(0), 200)
+    assert all(e.id.endswith(".0") for e in train)
+    assert all(e.id.endswith(".1") for e in dom.eval_set)
+    train_prompts = {e.prompt for e in train}
+    assert not train_prompts & {e.prompt for e in dom.eval_set}
+    demos = dom.demonstrations(random.Random(0), 400)
+    eval_prompts = {e.prompt for e in dom.eval_set}
+    assert eval_prompts & {p for p, _ in demos}  # the warm start taught both phrasings

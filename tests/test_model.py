@@ -191,3 +191,35 @@ def test_warm_start_returns_a_given_model_path_untouched(tmp_path):
     assert warm_start(cfg, copy_task()[0], seed=0, threads=1) == tmp_path / "mine"
     with pytest.raises(DataError, match="missing"):
         warm_start(ModelConfig(path=str(tmp_path / "missing")), [], seed=0, threads=1)
+
+
+def test_sft_micro_batches_sum_to_the_full_batch_loss():
+    """Length-sorted micro-batches normalised by the whole batch's label count give exactly the
+    full mixed batch's token-mean loss (so the step's gradient is unchanged)."""
+    from omnisched.model.warm_start import IGNORE, encode_demos, length_sorted_chunks, pad_right
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(
+        TinyModelConfig(
+            hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
+        ),
+        tok,
+        0,
+    )
+    demos = [
+        ("Q: 1+1=?\nA: ", "2"),
+        ("Write a line.\n", "the sea sings."),
+        ("abc", "defgh"),
+        ("p", "q"),
+        ("longer prompt here ", "x"),
+    ]
+    data = encode_demos(tok, demos, 256)
+    ids, labels, mask = pad_right(data, tok.pad_token_id)
+    full = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    n = sum(sum(1 for x in lab[1:] if x != IGNORE) for _, lab in data)
+    parts = 0.0
+    for chunk in length_sorted_chunks(data, 2):
+        i, lab, m = pad_right(chunk, tok.pad_token_id)
+        parts += model(input_ids=i, attention_mask=m, labels=lab, num_items_in_batch=n).loss
+    assert len(length_sorted_chunks(data, 2)) == 3
+    assert float(parts) == pytest.approx(float(full), rel=1e-5)

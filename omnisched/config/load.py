@@ -104,6 +104,29 @@ def _check_plugin_names(recipe: Recipe, source: str) -> None:
             f"{source}: schedule.policy: unknown policy '{recipe.schedule.policy}'; "
             f"known: {', '.join(POLICIES.names())}"
         )
+    import judges
+    import rewards
+    from omnisched.learner import LEARNERS
+    from omnisched.rollout import ENGINES
+
+    checks = [
+        ("rollout.backend", recipe.rollout.backend, ENGINES),
+        ("learner.backend", recipe.learner.backend, LEARNERS),
+    ]
+    for i, dom in enumerate(recipe.domains):
+        for k, comp in enumerate(dom.reward or []):
+            if comp.verifier is not None:
+                checks.append(
+                    (f"domains.{i}.reward.{k}.verifier", comp.verifier, rewards.VERIFIERS)
+                )
+            else:
+                checks.append((f"domains.{i}.reward.{k}.judge", comp.judge, judges.JUDGES))
+    for field, name, registry in checks:
+        if name not in registry:
+            raise ConfigError(
+                f"{source}: {field}: unknown {registry.kind} '{name}'; "
+                f"known: {', '.join(registry.names())}"
+            )
 
 
 def _one_line(text: str) -> str:

@@ -120,8 +120,13 @@ class ScheduleConfig(Strict):
 
 
 class EvalConfig(Strict):
+    """Held-out evaluation: accuracy = mean score over `samples` completions per eval prompt
+    (avg@k at the sampling temperature, as RL papers report), so it sees the sharpening RL does;
+    `temperature: 0` with `samples: 1` gives greedy accuracy instead."""
+
     max_new_tokens: int | None = Field(None, ge=1, description="None = rollout.max_new_tokens")
-    open_samples: int = Field(4, ge=1, description="samples per prompt for open-ended domains")
+    temperature: float = Field(1.0, ge=0)
+    samples: int = Field(4, ge=1, description="completions per eval prompt")
 
 
 class RayConfig(Strict):

@@ -1,7 +1,8 @@
 """Built-in `code` domain: write a Python expression `f(x)` that matches given input/output pairs.
 
-The prompt shows three examples; hidden tests check two more inputs, so copying the examples
-into a lookup table does not pass. The code verifier runs the completion in the sandbox.
+The prompt shows f(0), f(1), f(2) (the offset, then the slope as one subtraction); hidden
+tests check two more inputs, so echoing the examples as a lookup table does not pass. The
+code verifier runs the completion in the sandbox.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from omnisched.config.schema import DomainConfig, RewardComponent
 from omnisched.domains.base import Domain, Example, check_options, option
 
 CODE_PREFIX = "def f(x):\n    return "
-SHOWN = (1, 2, 3)
-HIDDEN = (7, 12)
+SHOWN = (0, 1, 2)
+HIDDEN = (5, 9)
 
 
 class CodeDomain(Domain):
@@ -24,7 +25,7 @@ class CodeDomain(Domain):
 
     def __init__(self, cfg: DomainConfig, seed: int) -> None:
         check_options(cfg, {"max_slope", "max_offset", "quadratic"})
-        self.max_slope = option(cfg, "max_slope", 10, int)
+        self.max_slope = option(cfg, "max_slope", 6, int)
         self.max_offset = option(cfg, "max_offset", 20, int)
         self.quadratic = option(cfg, "quadratic", False, bool)
         super().__init__(cfg, seed)

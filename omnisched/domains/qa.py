@@ -1,7 +1,8 @@
 """Built-in `qa` domain: short factual questions about a procedurally generated world.
 
-The world (people and their city, pet, colour, job) is fixed by the seed; the warm start sees
-demonstrations of the facts, RL sharpens recall, and the eval set holds out question instances.
+The world (people and their city, pet, colour, job) is fixed by the seed. The warm start is
+taught every fact in two phrasings; RL asks with the first phrasing only; the held-out eval asks
+with the second, so it measures whether sharpened recall carries over to questions RL never saw.
 """
 
 from __future__ import annotations
@@ -12,11 +13,23 @@ from omnisched.config.schema import DomainConfig, RewardComponent
 from omnisched.domains.base import Domain, Example, _stable_seed, check_options, option
 
 SYLLABLES = ("ka", "lo", "mi", "ru", "te", "vo", "zan", "pel", "dor", "fi", "gu", "sha")
-ATTRIBUTES = {
-    "city": ("Where does {p} live?", ("Arlo", "Brill", "Cusk", "Dova", "Emmet", "Fane")),
-    "pet": ("What pet does {p} have?", ("cat", "dog", "owl", "fox", "eel", "yak")),
-    "color": ("What is the favourite colour of {p}?", ("red", "blue", "green", "gold", "grey")),
-    "job": ("What is the job of {p}?", ("baker", "smith", "poet", "pilot", "nurse", "judge")),
+ATTRIBUTES = {  # attribute -> (question templates, values); template 0 trains, 1 evaluates
+    "city": (
+        ("Where does {p} live?", "In which city does {p} live?"),
+        ("Arlo", "Brill", "Cusk", "Dova", "Emmet", "Fane"),
+    ),
+    "pet": (
+        ("What pet does {p} have?", "Which animal does {p} keep?"),
+        ("cat", "dog", "owl", "fox", "eel", "yak"),
+    ),
+    "color": (
+        ("What is the favourite colour of {p}?", "Which colour does {p} like best?"),
+        ("red", "blue", "green", "gold", "grey"),
+    ),
+    "job": (
+        ("What is the job of {p}?", "What does {p} do for work?"),
+        ("baker", "smith", "poet", "pilot", "nurse", "judge"),
+    ),
 }
 
 
@@ -25,7 +38,7 @@ def make_world(num_people: int, seed: int) -> dict[str, dict[str, str]]:
     people: dict[str, dict[str, str]] = {}
     while len(people) < num_people:
         name = "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
-        people.setdefault(name, {attr: rng.choice(vals) for attr, (_, vals) in ATTRIBUTES.items()})
+        people.setdefault(name, {a: rng.choice(vals) for a, (_, vals) in ATTRIBUTES.items()})
     return people
 
 
@@ -44,22 +57,30 @@ class QADomain(Domain):
         super().__init__(cfg, seed)
 
     def sample(self, rng: random.Random) -> Example:
-        person = rng.choice(self.names)
-        attr = rng.choice(sorted(ATTRIBUTES))
-        question = ATTRIBUTES[attr][0].format(p=person)
+        return self.ask(rng.choice(self.names), rng.choice(sorted(ATTRIBUTES)), template=0)
+
+    def ask(self, person: str, attr: str, template: int) -> Example:
+        question = ATTRIBUTES[attr][0][template].format(p=person)
         answer = self.world[person][attr]
         return Example(
-            id=f"{person}.{attr}",
+            id=f"{person}.{attr}.{template}",
             prompt=f"Q: {question}\nA: ",
             columns={"answer": answer},
             demonstration=answer,
         )
 
+    def _build_eval_set(self, size: int) -> list[Example]:
+        """Questions in the second phrasing, which RL never asks."""
+        rng = random.Random(_stable_seed(self.name, "eval", self.seed))
+        pairs = [(p, a) for p in self.names for a in sorted(ATTRIBUTES)]
+        rng.shuffle(pairs)
+        return [self.ask(p, a, template=1) for p, a in pairs[:size]]
+
     def demonstrations(self, rng: random.Random, n: int) -> list[tuple[str, str]]:
-        """Facts come from every question, the held-out ones included: the eval tests recall of
-        knowledge the base model was taught, as a QA benchmark tests pre-trained knowledge."""
+        """Every fact in both phrasings: the knowledge the base model is taught before RL, as
+        pre-training teaches the knowledge a QA benchmark asks about."""
         out = []
         for _ in range(n):
-            ex = self.sample(rng)
+            ex = self.ask(rng.choice(self.names), rng.choice(sorted(ATTRIBUTES)), rng.randrange(2))
             out.append((ex.prompt, ex.demonstration or ""))
         return out

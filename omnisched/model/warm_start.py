@@ -29,8 +29,9 @@ from omnisched.model.build import build_tiny_model, save_model
 from omnisched.model.tokenizer import build_char_tokenizer
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # bump when the tokenizer, model builder or SFT recipe changes
+FORMAT_VERSION = 3  # bump when the tokenizer, model builder or SFT recipe changes
 IGNORE = -100  # label of tokens without loss (prompt, padding)
+MICRO_BATCH = 16  # rows per forward pass inside one SFT step
 ProgressFn = Callable[[int, int, float], None]
 Demo = tuple[str, str]
 Encoded = tuple[list[int], list[int]]
@@ -91,16 +92,29 @@ def sft(
     batches = shuffled_batches(len(data), ws.batch_size, random.Random(seed))
     model.train()
     tokens, loss_value, t0 = 0, float("nan"), time.perf_counter()
+    bf16 = model_cfg.dtype == "bfloat16"
     for step in range(ws.steps):
-        ids, labels, mask = pad_right([data[i] for i in next(batches)], tokenizer.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model_cfg.dtype == "bfloat16"):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
-        loss.backward()
+        batch = [data[i] for i in next(batches)]
+        n_label = sum(sum(1 for t in labels[1:] if t != IGNORE) for _, labels in batch)
+        loss_sum = 0.0
+        for chunk in length_sorted_chunks(batch, MICRO_BATCH):
+            ids, labels, mask = pad_right(chunk, tokenizer.pad_token_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    labels=labels,
+                    use_cache=False,
+                    num_items_in_batch=n_label,  # sum over chunks = the whole batch's token mean
+                )
+            out.loss.backward()
+            loss_sum += float(out.loss.detach())
+            tokens += int(mask.sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        tokens, loss_value = tokens + int(mask.sum()), float(loss.detach())
+        loss_value = loss_sum
         if progress is not None:
             progress(step + 1, ws.steps, loss_value)
         if step % max(1, ws.steps // 10) == 0 or step == ws.steps - 1:
@@ -150,6 +164,13 @@ def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> Iterator[li
             pool += rng.sample(range(n), n)
         batch, pool = pool[:size], pool[size:]
         yield batch
+
+
+def length_sorted_chunks(batch: Sequence[Encoded], size: int) -> list[list[Encoded]]:
+    """Split one (domain-mixed) batch into micro-batches of similar length: padding shrinks,
+    while the step's gradient is still that of the whole mixed batch."""
+    ordered = sorted(batch, key=lambda e: len(e[0]))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def pad_right(batch: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, ...]:

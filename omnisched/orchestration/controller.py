@@ -51,6 +51,9 @@ class Controller:
 
     # ---- setup ----------------------------------------------------------------------------
     def setup(self, backend: Backend) -> None:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
         r = self.recipe
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(r.model_dump(mode="json")))
@@ -174,17 +177,12 @@ class Controller:
         r = self.recipe
         acc, ent, items = {}, {}, {}
         max_new = r.eval.max_new_tokens or r.rollout.max_new_tokens
+        n = 1 if r.eval.temperature == 0 else r.eval.samples
+        params = SamplingParams(
+            n=n, max_new_tokens=max_new, temperature=r.eval.temperature, top_p=r.rollout.top_p,
+            seed=r.run.seed,
+        )
         for name, dom in self.domains.items():
-            if dom.kind == "open":
-                params = SamplingParams(
-                    n=r.eval.open_samples,
-                    max_new_tokens=max_new,
-                    temperature=r.rollout.temperature,
-                    top_p=r.rollout.top_p,
-                    seed=r.run.seed,
-                )
-            else:
-                params = SamplingParams(n=1, max_new_tokens=max_new, temperature=0.0)
             groups = self.generate([ex.prompt for ex in dom.eval_set], params)
             total, _, _ = self.score(name, dom.eval_set, groups)
             per_item = [

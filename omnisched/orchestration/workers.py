@@ -20,9 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def _quiet_worker(threads: int | None) -> None:
+    """Thread count, and no per-load progress bars from transformers in the run's output."""
+    import transformers
+
     if threads:
         torch.set_num_threads(threads)
-    for name in ("transformers", "datasets", "torch.distributed"):
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("transformers", "datasets", "torch.distributed", "DeepSpeed"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -49,6 +53,7 @@ class RewardWorker:
     def __init__(
         self, specs: Mapping[str, Sequence[RewardComponent]], max_workers: int, timeout: float
     ) -> None:
+        _quiet_worker(None)
         self.scorers = {d: RewardScorer(c, max_workers, timeout) for d, c in specs.items()}
 
     def score(
