@@ -46,11 +46,17 @@ def test_code_demonstration_passes_its_tests_and_a_wrong_one_fails():
             exec(ex.columns["code_prefix"] + ex.demonstration + "+1\n" + ex.columns["tests"], {})
 
 
-def test_qa_world_is_consistent():
-    dom = make("qa", num_people=8)
-    answers = {}
-    for ex in dom.train_batch(random.Random(0), 200):
-        assert answers.setdefault(ex.prompt, ex.columns["answer"]) == ex.columns["answer"]
+def test_qa_answer_is_the_asked_fact_of_the_asked_person():
+    dom = make("qa", people=3, attributes=2)
+    for ex in dom.train_batch(random.Random(0), 100):
+        context, question = ex.prompt.split("\nQ: ")
+        person = next(
+            w.strip("?")
+            for w in question.split()
+            if w.strip("?")[:1].isupper() and w.strip("?") not in ("What", "Where")
+        )
+        facts = next(part for part in context.split(". ") if part.startswith(person + ":"))
+        assert ex.columns["answer"] in facts
 
 
 def test_creative_demonstrations_score_high_and_copies_score_lower():
@@ -123,15 +129,3 @@ def test_reasoning_gym_domain_scores_with_the_task_scorer():
     assert good == [1.0, 0.0]
     with pytest.raises(ConfigError, match="reasoning-gym task"):
         make("gym", task="no_such_task")
-
-
-def test_qa_eval_asks_trained_facts_in_a_phrasing_rl_never_uses():
-    dom = make("qa", eval_size=12)
-    train = dom.train_batch(random.Random(0), 200)
-    assert all(e.id.endswith(".0") for e in train)
-    assert all(e.id.endswith(".1") for e in dom.eval_set)
-    train_prompts = {e.prompt for e in train}
-    assert not train_prompts & {e.prompt for e in dom.eval_set}
-    demos = dom.demonstrations(random.Random(0), 400)
-    eval_prompts = {e.prompt for e in dom.eval_set}
-    assert eval_prompts & {p for p, _ in demos}  # the warm start taught both phrasings

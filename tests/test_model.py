@@ -193,19 +193,21 @@ def test_warm_start_returns_a_given_model_path_untouched(tmp_path):
         warm_start(ModelConfig(path=str(tmp_path / "missing")), [], seed=0, threads=1)
 
 
-def test_sft_micro_batches_sum_to_the_full_batch_loss():
-    """Length-sorted micro-batches normalised by the whole batch's label count give exactly the
-    full mixed batch's token-mean loss (so the step's gradient is unchanged)."""
-    from omnisched.model.warm_start import IGNORE, encode_demos, length_sorted_chunks, pad_right
+def test_sft_loss_weighs_every_demo_equally_and_micro_batches_sum_to_it():
+    """Length-sorted micro-batches give exactly the whole mixed batch's sequence-mean loss,
+    which is the mean over demos of each demo's own token-mean loss."""
+    from omnisched.model.warm_start import (
+        encode_demos,
+        length_sorted_chunks,
+        pad_right,
+        sequence_mean_loss,
+    )
 
     tok = build_char_tokenizer()
-    model = build_tiny_model(
-        TinyModelConfig(
-            hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
-        ),
-        tok,
-        0,
+    cfg = TinyModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
     )
+    model = build_tiny_model(cfg, tok, 0)
     demos = [
         ("Q: 1+1=?\nA: ", "2"),
         ("Write a line.\n", "the sea sings."),
@@ -214,12 +216,18 @@ def test_sft_micro_batches_sum_to_the_full_batch_loss():
         ("longer prompt here ", "x"),
     ]
     data = encode_demos(tok, demos, 256)
-    ids, labels, mask = pad_right(data, tok.pad_token_id)
-    full = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    n = sum(sum(1 for x in lab[1:] if x != IGNORE) for _, lab in data)
-    parts = 0.0
-    for chunk in length_sorted_chunks(data, 2):
-        i, lab, m = pad_right(chunk, tok.pad_token_id)
-        parts += model(input_ids=i, attention_mask=m, labels=lab, num_items_in_batch=n).loss
+    with torch.no_grad():
+        per_demo = [
+            model(input_ids=torch.tensor([ids]), labels=torch.tensor([lab])).loss
+            for ids, lab in data
+        ]
+        ids, labels, mask = pad_right(data, tok.pad_token_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        full = sequence_mean_loss(logits, labels, batch_size=len(data))
+        parts = 0.0
+        for chunk in length_sorted_chunks(data, 2):
+            i, lab, m = pad_right(chunk, tok.pad_token_id)
+            parts += sequence_mean_loss(model(input_ids=i, attention_mask=m).logits, lab, len(data))
     assert len(length_sorted_chunks(data, 2)) == 3
-    assert float(parts) == pytest.approx(float(full), rel=1e-5)
+    assert float(full) == pytest.approx(float(sum(per_demo) / len(per_demo)), rel=1e-4)
+    assert float(parts) == pytest.approx(float(full), rel=1e-4)

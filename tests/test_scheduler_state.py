@@ -72,3 +72,22 @@ def test_report_has_matrix_transfer_entropy_and_plot(tmp_path):
     assert "phase 1 on math: 0.100 -> 0.700 (+0.600)" in report
     assert "## Entropy" in report
     assert (tmp_path / "phases.png").stat().st_size > 1000
+
+
+def test_cli_report_regenerates_and_rejects_non_run_dirs(tmp_path):
+    import subprocess
+    import sys
+
+    svc = _fresh(tmp_path)
+    svc.record_baseline(_ev(0.1, 0.2, 0.3))
+    svc.next_phase()
+    svc.finish_phase(4, _ev(0.1, 0.6, 0.3))
+    cmd = [sys.executable, "-m", "omnisched.cli", "report"]
+    ok = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "| 0: code | 0.100 | 0.600 | 0.300 |" in (tmp_path / "report.md").read_text()
+    bad = subprocess.run(
+        [*cmd, str(tmp_path / "nope")], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and "no scheduler_state.json" in bad.stderr
+    assert "Traceback" not in bad.stderr

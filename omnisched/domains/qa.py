@@ -1,8 +1,9 @@
-"""Built-in `qa` domain: short factual questions about a procedurally generated world.
+"""Built-in `qa` domain: reading questions about a small procedurally generated world.
 
-The world (people and their city, pet, colour, job) is fixed by the seed. The warm start is
-taught every fact in two phrasings; RL asks with the first phrasing only; the held-out eval asks
-with the second, so it measures whether sharpened recall carries over to questions RL never saw.
+Each prompt describes a few people of a freshly drawn world (city, pet, colour, job) and asks
+about one of them; the answer is an exact span of the description. The skill (find the right
+person, then the asked attribute) is what RL can sharpen and what carries over to held-out
+worlds, as extractive QA benchmarks test reading rather than memorised facts.
 """
 
 from __future__ import annotations
@@ -10,77 +11,52 @@ from __future__ import annotations
 import random
 
 from omnisched.config.schema import DomainConfig, RewardComponent
-from omnisched.domains.base import Domain, Example, _stable_seed, check_options, option
+from omnisched.domains.base import Domain, Example, check_options, option
 
 SYLLABLES = ("ka", "lo", "mi", "ru", "te", "vo", "zan", "pel", "dor", "fi", "gu", "sha")
-ATTRIBUTES = {  # attribute -> (question templates, values); template 0 trains, 1 evaluates
-    "city": (
-        ("Where does {p} live?", "In which city does {p} live?"),
-        ("Arlo", "Brill", "Cusk", "Dova", "Emmet", "Fane"),
-    ),
-    "pet": (
-        ("What pet does {p} have?", "Which animal does {p} keep?"),
-        ("cat", "dog", "owl", "fox", "eel", "yak"),
-    ),
-    "color": (
-        ("What is the favourite colour of {p}?", "Which colour does {p} like best?"),
-        ("red", "blue", "green", "gold", "grey"),
-    ),
-    "job": (
-        ("What is the job of {p}?", "What does {p} do for work?"),
-        ("baker", "smith", "poet", "pilot", "nurse", "judge"),
-    ),
+ATTRIBUTES = {  # attribute -> (question, values)
+    "city": ("Where does {p} live?", ("Arlo", "Brill", "Cusk", "Dova", "Emmet", "Fane")),
+    "pet": ("What pet does {p} have?", ("cat", "dog", "owl", "fox", "eel", "yak")),
+    "color": ("What colour does {p} like?", ("red", "blue", "green", "gold", "grey")),
+    "job": ("What is the job of {p}?", ("baker", "smith", "poet", "pilot", "nurse", "judge")),
 }
 
 
-def make_world(num_people: int, seed: int) -> dict[str, dict[str, str]]:
-    rng = random.Random(seed)
-    people: dict[str, dict[str, str]] = {}
-    while len(people) < num_people:
-        name = "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
-        people.setdefault(name, {a: rng.choice(vals) for a, (_, vals) in ATTRIBUTES.items()})
-    return people
+def draw_person(rng: random.Random) -> tuple[str, dict[str, str]]:
+    name = "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
+    return name, {attr: rng.choice(values) for attr, (_, values) in ATTRIBUTES.items()}
 
 
 class QADomain(Domain):
-    """Exact-match answers about `num_people` people with four attributes each."""
+    """`people` people per prompt, `attributes` facts each; exact-match answers."""
 
     kind = "structured"
     default_reward = (RewardComponent(verifier="exact_match"),)
 
     def __init__(self, cfg: DomainConfig, seed: int) -> None:
-        check_options(cfg, {"num_people", "world_seed"})
-        num_people = option(cfg, "num_people", 32, int)
-        world_seed = option(cfg, "world_seed", _stable_seed("world", seed) % 2**31, int)
-        self.world = make_world(num_people, world_seed)
-        self.names = sorted(self.world)
+        check_options(cfg, {"people", "attributes"})
+        self.people = option(cfg, "people", 2, int)
+        self.attributes = option(cfg, "attributes", 2, int)
+        if not 1 <= self.attributes <= len(ATTRIBUTES) or self.people < 1:
+            raise ValueError(f"options.attributes must be 1..{len(ATTRIBUTES)}, people >= 1")
         super().__init__(cfg, seed)
 
     def sample(self, rng: random.Random) -> Example:
-        return self.ask(rng.choice(self.names), rng.choice(sorted(ATTRIBUTES)), template=0)
-
-    def ask(self, person: str, attr: str, template: int) -> Example:
-        question = ATTRIBUTES[attr][0][template].format(p=person)
-        answer = self.world[person][attr]
+        people: dict[str, dict[str, str]] = {}
+        while len(people) < self.people:
+            name, facts = draw_person(rng)
+            people.setdefault(name, facts)
+        attrs = rng.sample(sorted(ATTRIBUTES), self.attributes)
+        context = " ".join(
+            f"{name}: " + ", ".join(f"{a} {facts[a]}" for a in attrs) + "."
+            for name, facts in people.items()
+        )
+        person, attr = rng.choice(sorted(people)), rng.choice(attrs)
+        question = ATTRIBUTES[attr][0].format(p=person)
+        answer = people[person][attr]
         return Example(
-            id=f"{person}.{attr}.{template}",
-            prompt=f"Q: {question}\nA: ",
+            id=f"{context}|{person}.{attr}",
+            prompt=f"{context}\nQ: {question}\nA: ",
             columns={"answer": answer},
             demonstration=answer,
         )
-
-    def _build_eval_set(self, size: int) -> list[Example]:
-        """Questions in the second phrasing, which RL never asks."""
-        rng = random.Random(_stable_seed(self.name, "eval", self.seed))
-        pairs = [(p, a) for p in self.names for a in sorted(ATTRIBUTES)]
-        rng.shuffle(pairs)
-        return [self.ask(p, a, template=1) for p, a in pairs[:size]]
-
-    def demonstrations(self, rng: random.Random, n: int) -> list[tuple[str, str]]:
-        """Every fact in both phrasings: the knowledge the base model is taught before RL, as
-        pre-training teaches the knowledge a QA benchmark asks about."""
-        out = []
-        for _ in range(n):
-            ex = self.ask(rng.choice(self.names), rng.choice(sorted(ATTRIBUTES)), rng.randrange(2))
-            out.append((ex.prompt, ex.demonstration or ""))
-        return out

@@ -29,7 +29,7 @@ from omnisched.model.build import build_tiny_model, save_model
 from omnisched.model.tokenizer import build_char_tokenizer
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 3  # bump when the tokenizer, model builder or SFT recipe changes
+FORMAT_VERSION = 4  # bump when the tokenizer, model builder or SFT recipe changes
 IGNORE = -100  # label of tokens without loss (prompt, padding)
 MICRO_BATCH = 16  # rows per forward pass inside one SFT step
 ProgressFn = Callable[[int, int, float], None]
@@ -84,9 +84,12 @@ def sft(
     seed: int,
     progress: ProgressFn | None = None,
 ) -> float:
-    """AdamW, linear warm-up then cosine decay, loss on completion + EOS; returns the last loss."""
+    """AdamW, linear warm-up then cosine decay, loss on completion + EOS; returns the last loss.
+    Runs on CUDA when available, else on the CPU."""
     ws = model_cfg.warm_start
     data = encode_demos(tokenizer, demos, model_cfg.tiny.max_position_embeddings)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=ws.lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(ws.steps))
     batches = shuffled_batches(len(data), ws.batch_size, random.Random(seed))
@@ -95,20 +98,14 @@ def sft(
     bf16 = model_cfg.dtype == "bfloat16"
     for step in range(ws.steps):
         batch = [data[i] for i in next(batches)]
-        n_label = sum(sum(1 for t in labels[1:] if t != IGNORE) for _, labels in batch)
         loss_sum = 0.0
         for chunk in length_sorted_chunks(batch, MICRO_BATCH):
-            ids, labels, mask = pad_right(chunk, tokenizer.pad_token_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    labels=labels,
-                    use_cache=False,
-                    num_items_in_batch=n_label,  # sum over chunks = the whole batch's token mean
-                )
-            out.loss.backward()
-            loss_sum += float(out.loss.detach())
+            ids, labels, mask = (t.to(device) for t in pad_right(chunk, tokenizer.pad_token_id))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            loss = sequence_mean_loss(logits, labels, batch_size=len(batch))
+            loss.backward()
+            loss_sum += float(loss.detach())
             tokens += int(mask.sum())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -164,6 +161,23 @@ def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> Iterator[li
             pool += rng.sample(range(n), n)
         batch, pool = pool[:size], pool[size:]
         yield batch
+
+
+def sequence_mean_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """sum over rows of (mean token cross-entropy of the row) / batch_size.
+
+    Every demonstration weighs the same whatever its length, so the short answers of math and
+    code are not drowned by long creative lines; summed over micro-batches it is the batch mean.
+    """
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    tok = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).view(shift_labels.shape)
+    counts = (shift_labels != IGNORE).sum(-1).clamp(min=1)
+    return (tok.sum(-1) / counts).sum() / batch_size
 
 
 def length_sorted_chunks(batch: Sequence[Encoded], size: int) -> list[list[Encoded]]:

@@ -80,6 +80,7 @@ class LearnerWorker:
         _quiet_worker(threads)
         torch.manual_seed(seed)
         model, tokenizer = load_model(model_path, dtype="float32")
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
         self.learner = LEARNERS.get(backend)(
             model, cfg, pad_token_id=tokenizer.pad_token_id, max_completion_len=max_completion_len
         )
