@@ -1,4 +1,4 @@
-"""Run a command and report its wall time and the peak total RSS of its whole process tree.
+"""Run a command and report its wall time and the peak memory of its whole process tree.
 
 Ray starts workers as separate processes (some outside the command's children, under the raylet,
 which is itself a descendant), so the tree is walked every `--interval` seconds.
@@ -17,14 +17,21 @@ import time
 import psutil
 
 
-def tree_rss(root: psutil.Process) -> int:
-    total = 0
+def tree_memory(root: psutil.Process) -> tuple[int, int, dict[str, int]]:
+    """(sum of RSS, sum of PSS, PSS by process name) over the tree. RSS counts pages shared
+    between forked workers once per process; PSS splits them, so its sum is the real use."""
+    rss = pss = 0
+    by_name: dict[str, int] = {}
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
+            info = proc.memory_full_info()
+            name = proc.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return total
+        rss += info.rss
+        pss += info.pss
+        by_name[name] = by_name.get(name, 0) + info.pss
+    return rss, pss, by_name
 
 
 def main() -> None:
@@ -36,19 +43,28 @@ def main() -> None:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     root = psutil.Process(proc.pid)
-    peak = 0
+    peak_rss = peak_pss = 0
+    at_peak: dict[str, int] = {}
     while proc.poll() is None:
         try:
-            peak = max(peak, tree_rss(root))
+            rss, pss, by_name = tree_memory(root)
         except psutil.NoSuchProcess:
             break
+        peak_rss = max(peak_rss, rss)
+        if pss > peak_pss:
+            peak_pss, at_peak = pss, by_name
         time.sleep(args.interval)
     wall = time.perf_counter() - t0
+    gib = 2**30
     result = {
         "cmd": " ".join(cmd),
         "returncode": proc.returncode,
         "wall_s": round(wall, 1),
-        "peak_tree_rss_gib": round(peak / 2**30, 3),
+        "peak_tree_pss_gib": round(peak_pss / gib, 3),
+        "peak_tree_rss_sum_gib": round(peak_rss / gib, 3),
+        "pss_by_process_at_peak_mib": {
+            k: round(v / 2**20) for k, v in sorted(at_peak.items(), key=lambda kv: -kv[1])
+        },
     }
     print(json.dumps(result), file=sys.stderr)
     sys.exit(proc.returncode)

@@ -2,7 +2,7 @@
 
 from omnisched.config.schema import ScheduleConfig
 from omnisched.metrics import write_report
-from omnisched.orchestration.workers import SchedulerService
+from omnisched.orchestration.services import SchedulerService
 from omnisched.schedule import Evaluation, SchedulerState
 
 

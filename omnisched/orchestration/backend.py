@@ -59,6 +59,8 @@ class RayBackend:
                 kwargs["address"] = cfg.address
             else:
                 kwargs["num_cpus"] = cfg.num_cpus or max(4, os.cpu_count() or 1)
+                # fewer malloc arenas: multi-threaded torch workers otherwise hold freed memory
+                kwargs["runtime_env"] = {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
             ray.init(**kwargs)
 

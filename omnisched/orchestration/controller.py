@@ -24,12 +24,8 @@ from omnisched.learner.grpo import group_advantages
 from omnisched.metrics import MetricsLogger, write_report
 from omnisched.model import warm_start
 from omnisched.orchestration.backend import Backend, make_backend
-from omnisched.orchestration.workers import (
-    LearnerWorker,
-    RewardWorker,
-    RolloutWorker,
-    SchedulerService,
-)
+from omnisched.orchestration.services import RewardWorker, SchedulerService
+from omnisched.orchestration.workers import LearnerWorker, RolloutWorker
 from omnisched.rollout.base import Completion, SamplingParams
 from omnisched.schedule.state import Evaluation, SchedulerState
 
@@ -179,7 +175,10 @@ class Controller:
         max_new = r.eval.max_new_tokens or r.rollout.max_new_tokens
         n = 1 if r.eval.temperature == 0 else r.eval.samples
         params = SamplingParams(
-            n=n, max_new_tokens=max_new, temperature=r.eval.temperature, top_p=r.rollout.top_p,
+            n=n,
+            max_new_tokens=max_new,
+            temperature=r.eval.temperature,
+            top_p=r.rollout.top_p,
             seed=r.run.seed,
         )
         for name, dom in self.domains.items():

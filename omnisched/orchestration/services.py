@@ -1,0 +1,70 @@
+"""Workers that hold no model (no torch import, so their Ray actors stay small): the reward
+worker and the scheduler service."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omnisched.config.schema import RewardComponent
+from omnisched.schedule.policies import POLICIES, Decision
+from omnisched.schedule.state import Evaluation, PhaseRecord, SchedulerState
+from omnisched.scoring import RewardScorer, ScoredBatch
+
+
+class RewardWorker:
+    """Scores completions of any domain with that domain's hybrid reward."""
+
+    def __init__(
+        self, specs: Mapping[str, Sequence[RewardComponent]], max_workers: int, timeout: float
+    ) -> None:
+        self.scorers = {d: RewardScorer(c, max_workers, timeout) for d, c in specs.items()}
+
+    def score(
+        self, domain: str, prompts: Sequence[str], completions: Sequence[str], columns: dict
+    ) -> ScoredBatch:
+        return self.scorers[domain].score(prompts, completions, columns)
+
+
+class SchedulerService:
+    """The scheduler: records evaluations, asks the policy what to train next, persists state.
+
+    Every mutation is saved atomically to `state_path`, so a resumed run restores it exactly.
+    """
+
+    def __init__(self, state: SchedulerState, cfg: Any, state_path: str) -> None:
+        self.state = state
+        self.policy = POLICIES.get(state.policy)(cfg)
+        self.path = Path(state_path)
+        self.state.save(self.path)
+
+    def record_baseline(self, evaluation: Evaluation) -> None:
+        self.state.baseline = evaluation
+        self.state.save(self.path)
+
+    def next_phase(self) -> Decision:
+        open_phase = [p for p in self.state.phases if p.result is None]
+        if open_phase:  # resumed mid-phase: the decision already made stands
+            p = open_phase[0]
+            return Decision(p.trained, p.reason, p.predicted_final)
+        decision = self.policy.next_phase(self.state)
+        self.state.phases.append(
+            PhaseRecord(
+                index=len(self.state.phases),
+                trained=decision.domains,
+                reason=decision.reason,
+                predicted_final=decision.predicted_final,
+            )
+        )
+        self.state.save(self.path)
+        return decision
+
+    def finish_phase(self, steps: int, evaluation: Evaluation) -> None:
+        phase = self.state.phases[-1]
+        phase.steps = steps
+        phase.result = evaluation
+        self.state.save(self.path)
+
+    def get_state(self) -> dict:
+        return self.state.to_dict()
