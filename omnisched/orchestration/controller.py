@@ -7,6 +7,9 @@ warm start -> baseline eval -> for each phase: policy picks domain(s) -> GRPO st
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import random
 import time
@@ -31,6 +34,13 @@ from omnisched.schedule.state import Evaluation, SchedulerState
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, dict[str, Any]], None]
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and return freed heap pages to the OS (glibc keeps them otherwise)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Controller:
@@ -69,6 +79,7 @@ class Controller:
             progress=lambda s, n, loss: self.progress("sft", {"step": s, "total": n, "loss": loss}),
         )
         self.timings["warm_start_s"] = time.perf_counter() - t0
+        release_freed_memory()  # the SFT model and optimizer are gone; give their pages back
         self.model_path = str(model_path)
         self.backend = backend
         threads = r.run.threads
