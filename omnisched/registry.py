@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -22,6 +23,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._items: dict[str, T] = {}
+        self._lazy: dict[str, str] = {}  # name -> "module:attr", imported on first `get`
         self._entry_points_loaded = False
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
@@ -39,7 +41,21 @@ class Registry(Generic[T]):
             raise PluginError(f"{self.kind} '{name}' is already registered")
         self._items[name] = obj
 
+    def add_lazy(self, name: str, target: str) -> None:
+        """Register `module:attr` without importing it (heavy backends: torch, vLLM, DeepSpeed)."""
+        if name in self._items or name in self._lazy:
+            raise PluginError(f"{self.kind} '{name}' is already registered")
+        self._lazy[name] = target
+
     def get(self, name: str) -> T:
+        if name in self._lazy and name not in self._items:
+            module, _, attr = self._lazy[name].partition(":")
+            try:
+                self._items[name] = getattr(importlib.import_module(module), attr)
+            except ImportError as exc:
+                raise PluginError(
+                    f"{self.kind} '{name}' needs a package that is not installed: {exc}"
+                ) from exc
         if name not in self._items:
             self._load_entry_points()
         if name not in self._items:
@@ -49,7 +65,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         self._load_entry_points()
-        return sorted(self._items)
+        return sorted(set(self._items) | set(self._lazy))
 
     def __contains__(self, name: str) -> bool:
         return name in self.names()

@@ -73,7 +73,14 @@ def test_bwt_run_end_to_end_with_ray(tmp_path):
     assert "BWT" in report and "## Entropy" in report and "## Decisions" in report
     assert (run_dir / "checkpoints" / "final" / "config.json").exists()
     assert (run_dir / "checkpoints" / "phase-3" / "tokenizer.json").exists()
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("train/reward/mean")) == 8
+    assert [e.step for e in events.Scalars("eval/acc/math")] == [0, 2, 4, 6, 8]
+    sft_lines = (run_dir / "warm_start_progress.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in sft_lines] == list(range(1, 41))  # SFT ran as a task
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     assert recipe["schedule"]["policy"] == "bwt"
 
@@ -93,3 +100,15 @@ def test_joint_run_inline_without_ray_reuses_the_warm_start_cache(tmp_path):
     state = json.loads((run_dir / "scheduler_state.json").read_text())
     assert [p["trained"] for p in state["phases"]] == [["math", "code", "qa", "creative"]] * 2
     assert state["BWT"] is None  # undefined when every phase mixes all domains
+
+
+def test_the_ray_driver_does_not_load_torch():
+    """torch lives in the rollout/learner/SFT workers; the driver's memory stays small."""
+    code = (
+        "import sys, omnisched.cli, omnisched.orchestration.controller as c\n"
+        "from omnisched.config import load_recipe\n"
+        "load_recipe('recipes/tiny.yaml')\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -152,3 +152,26 @@ def test_rejects_misaligned_old_logprobs() -> None:
     learner = TorchLearner(tiny_model(), LearnerConfig(), PAD)
     with pytest.raises(ValueError, match="sample 0: 1 old_logprobs for 2 completion tokens"):
         learner.train_step([TrainSample([1, 2], [3, 4], 1.0, old_logprobs=[-1.0])])
+
+
+def test_learner_worker_computes_group_advantages_and_skips_tied_groups(tmp_path: Path) -> None:
+    from omnisched.config.schema import TinyModelConfig
+    from omnisched.learner.base import ScoredGroup
+    from omnisched.model import build_char_tokenizer, build_tiny_model, save_model
+    from omnisched.orchestration.workers import LearnerWorker
+
+    tok = build_char_tokenizer()
+    cfg = TinyModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64
+    )
+    save_model(build_tiny_model(cfg, tok, 0), tok, tmp_path)
+    worker = LearnerWorker("torch", str(tmp_path), LearnerConfig(bf16=False), 1, 0)
+    before = {k: v.clone() for k, v in worker.state_dict().items()}
+    tied = ScoredGroup([5, 6], [[7, 2], [8, 2], [9, 2]], [1.0, 1.0, 1.0])
+    assert worker.train_groups([tied, tied]) == {"samples_trained": 0}
+    assert all(torch.equal(before[k], v) for k, v in worker.state_dict().items())
+
+    varied = ScoredGroup([5, 6], [[7, 2], [8, 2], [9, 2]], [1.0, 0.0, 0.0])
+    metrics = worker.train_groups([tied, varied])
+    assert metrics["samples_trained"] == 3 and "loss" in metrics
+    assert any(not torch.equal(before[k], v) for k, v in worker.state_dict().items())

@@ -80,6 +80,12 @@ class DomainConfig(Strict):
     )
     options: dict[str, Any] = Field(default_factory=dict)
     eval_size: int = Field(64, ge=1)
+    demos: int | None = Field(
+        None,
+        ge=0,
+        description="warm-start demonstrations drawn from this domain; None uses "
+        "model.warm_start.examples_per_domain (harder domains may need more)",
+    )
     reward: list[RewardComponent] | None = Field(
         None, description="reward components; None uses the domain type's default"
     )

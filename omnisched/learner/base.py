@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # the driver imports these contracts without loading torch
+    import torch
 
 
 @dataclass
@@ -22,6 +23,15 @@ class TrainSample:
     completion_ids: list[int]
     advantage: float
     old_logprobs: list[float] | None = None
+
+
+@dataclass
+class ScoredGroup:
+    """The G completions of one prompt with their rewards, before advantages are computed."""
+
+    prompt_ids: list[int]
+    completion_ids: list[list[int]]
+    rewards: list[float]
 
 
 @runtime_checkable

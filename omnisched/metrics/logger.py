@@ -17,18 +17,28 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", buffering=1)
         self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        if tensorboard:  # tensorboard's own writer: the driver does not load torch for this
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            self._tb = EventFileWriter(str(Path(run_dir) / "tensorboard"))
 
     def log(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **metrics}
         self._file.write(json.dumps(record, default=_jsonable) + "\n")
         if self._tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            values = [
+                Summary.Value(tag=f"{kind}/{key}", simple_value=float(value))
+                for key, value in metrics.items()
+                if isinstance(value, int | float) and math.isfinite(value)
+            ]
+            if values:
+                self._tb.add_event(
+                    Event(wall_time=time.time(), step=step, summary=Summary(value=values))
+                )
+                self._tb.flush()
 
     def close(self) -> None:
         self._file.close()

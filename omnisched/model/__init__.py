@@ -1,7 +1,23 @@
-"""The policy model: char-level tokenizer, tiny Qwen2 builder, loading, cached SFT warm start."""
+"""The policy model: char-level tokenizer, tiny Qwen2 builder, loading, cached SFT warm start.
 
-from omnisched.model.build import build_tiny_model, load_model, save_model
-from omnisched.model.tokenizer import build_char_tokenizer
-from omnisched.model.warm_start import warm_start
+Exports load lazily: the Ray driver resolves the warm-start cache (`omnisched.model.cache`)
+without importing torch, which stays in the workers that hold a model.
+"""
 
-__all__ = ["build_char_tokenizer", "build_tiny_model", "load_model", "save_model", "warm_start"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "build_char_tokenizer": "omnisched.model.tokenizer",
+    "build_tiny_model": "omnisched.model.build",
+    "load_model": "omnisched.model.build",
+    "save_model": "omnisched.model.build",
+    "warm_start": "omnisched.model.warm_start",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'omnisched.model' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -1,14 +1,13 @@
 """Warm start: a short SFT of the tiny model on the domains' demonstrations, cached on disk.
 
-The cache key hashes everything that changes the result (model shape, SFT settings, seed, the
-demonstrations, a format version), so a second run of the same recipe skips training. The folder
-is written under a temporary name and renamed, so a crash never leaves a folder that looks valid.
-A user-given `model.path` is returned as is: warm start only applies to the tiny model built here.
+`omnisched.model.cache` decides the cache folder (torch-free); this module trains and writes it.
+The folder is written under a temporary name and renamed, so a crash never leaves a folder that
+looks valid. A user-given `model.path` is returned as is: warm start only applies to the tiny
+model built here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -24,17 +23,16 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from omnisched.config.schema import ModelConfig
-from omnisched.errors import DataError
 from omnisched.model.build import build_tiny_model, save_model
+from omnisched.model.cache import FORMAT_VERSION, Demo, cache_key, resolve
 from omnisched.model.tokenizer import build_char_tokenizer
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 4  # bump when the tokenizer, model builder or SFT recipe changes
 IGNORE = -100  # label of tokens without loss (prompt, padding)
 MICRO_BATCH = 16  # rows per forward pass inside one SFT step
 ProgressFn = Callable[[int, int, float], None]
-Demo = tuple[str, str]
 Encoded = tuple[list[int], list[int]]
+__all__ = ["FORMAT_VERSION", "cache_key", "sft", "warm_start", "warm_start_task"]
 
 
 def warm_start(
@@ -45,15 +43,9 @@ def warm_start(
     progress: ProgressFn | None = None,
 ) -> Path:
     """The model folder RL starts from: `model.path` as given, else the cached tiny SFT model."""
-    if model_cfg.path is not None:
-        path = Path(model_cfg.path).expanduser()
-        if not (path / "config.json").is_file():
-            raise DataError(f"model.path {path} is not an HF model folder (no config.json)")
-        return path
-    cache = Path(model_cfg.warm_start.cache_dir).expanduser()
-    target = cache / f"tiny-{cache_key(model_cfg, demos, seed)}"
-    if (target / "config.json").is_file():
-        log.info("warm start: cache hit %s", target)
+    target, ready = resolve(model_cfg, demos, seed)
+    if ready:
+        log.info("warm start: using %s", target)
         return target
     torch.set_num_threads(threads)
     tokenizer = build_char_tokenizer()
@@ -61,19 +53,30 @@ def warm_start(
     ws = model_cfg.warm_start
     if ws.enabled and demos and ws.steps > 0:
         sft(model, tokenizer, demos, model_cfg, seed, progress)
-    _save_atomically(model, tokenizer, cache, target)
+    _save_atomically(model, tokenizer, target.parent, target)
     log.info("warm start: saved %s", target)
     return target
 
 
-def cache_key(model_cfg: ModelConfig, demos: Sequence[Demo], seed: int) -> str:
-    """Hash of (format version, tiny config, warm-start config minus cache_dir, seed, demos)."""
-    sft_cfg = model_cfg.warm_start.model_dump(mode="json", exclude={"cache_dir"})
-    meta = {"v": FORMAT_VERSION, "tiny": model_cfg.tiny.model_dump(), "sft": sft_cfg, "seed": seed}
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for prompt, completion in demos:
-        h.update(json.dumps([prompt, completion]).encode())
-    return h.hexdigest()[:20]
+def warm_start_task(
+    model_cfg: ModelConfig,
+    demos: Sequence[Demo],
+    seed: int,
+    threads: int,
+    progress_path: str | None = None,
+) -> str:
+    """`warm_start` as a remote task: progress goes as JSON lines to `progress_path`, which the
+    driver tails (a Ray task cannot call back into the driver)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" in run output
+
+    def report(step: int, total: int, loss: float) -> None:
+        if progress_path:
+            with open(progress_path, "a") as sink:
+                sink.write(json.dumps({"step": step, "total": total, "loss": loss}) + "\n")
+
+    return str(warm_start(model_cfg, demos, seed, threads, report))
 
 
 def sft(

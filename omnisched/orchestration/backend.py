@@ -21,6 +21,15 @@ class Backend(Protocol):
 
     def gather(self, futures: list[Any]) -> list[Any]: ...
 
+    def submit(self, fn: Any, *args: Any, num_cpus: float = 1.0) -> Any:
+        """Run `fn(*args)` as a one-off task in its own process where the backend has processes
+        (its memory returns to the OS when it ends); returns a future for `gather`/`done`."""
+        ...
+
+    def done(self, future: Any, timeout: float) -> bool:
+        """Wait up to `timeout` seconds; whether `future` has finished."""
+        ...
+
     def put(self, obj: Any) -> Any: ...
 
     def shutdown(self) -> None: ...
@@ -37,6 +46,12 @@ class InlineBackend:
 
     def gather(self, futures: list[Any]) -> list[Any]:
         return futures
+
+    def submit(self, fn: Any, *args: Any, num_cpus: float = 1.0) -> Any:
+        return fn(*args)
+
+    def done(self, future: Any, timeout: float) -> bool:
+        return True
 
     def put(self, obj: Any) -> Any:
         return obj
@@ -73,6 +88,14 @@ class RayBackend:
 
     def gather(self, futures: list[Any]) -> list[Any]:
         return self.ray.get(futures)
+
+    def submit(self, fn: Any, *args: Any, num_cpus: float = 1.0) -> Any:
+        # max_calls=1: the worker process exits after the task instead of idling with its heap
+        return self.ray.remote(num_cpus=num_cpus, max_calls=1)(fn).remote(*args)
+
+    def done(self, future: Any, timeout: float) -> bool:
+        ready, _ = self.ray.wait([future], timeout=timeout)
+        return bool(ready)
 
     def put(self, obj: Any) -> Any:
         return self.ray.put(obj)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import logging
 import random
 import time
@@ -17,15 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from omnisched.config.schema import Recipe
 from omnisched.domains import Domain, Example, build_domain
-from omnisched.learner.base import TrainSample
-from omnisched.learner.grpo import group_advantages
+from omnisched.learner.base import ScoredGroup
 from omnisched.metrics import MetricsLogger, write_report
-from omnisched.model import warm_start
+from omnisched.model import cache as model_cache
 from omnisched.orchestration.backend import Backend, make_backend
 from omnisched.orchestration.services import RewardWorker, SchedulerService
 from omnisched.orchestration.workers import LearnerWorker, RolloutWorker
@@ -57,31 +56,13 @@ class Controller:
 
     # ---- setup ----------------------------------------------------------------------------
     def setup(self, backend: Backend) -> None:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
         r = self.recipe
+        self.backend = backend
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(r.model_dump(mode="json")))
         t0 = time.perf_counter()
-        demo_rng = random.Random(r.run.seed + 1)
-        demos = [
-            pair
-            for dom in self.domains.values()
-            for pair in dom.demonstrations(demo_rng, r.model.warm_start.examples_per_domain)
-        ]
-        self.progress("warm_start", {"examples": len(demos)})
-        model_path = warm_start(
-            r.model,
-            demos,
-            r.run.seed,
-            r.run.threads,
-            progress=lambda s, n, loss: self.progress("sft", {"step": s, "total": n, "loss": loss}),
-        )
+        self.model_path = self.warm_start()
         self.timings["warm_start_s"] = time.perf_counter() - t0
-        release_freed_memory()  # the SFT model and optimizer are gone; give their pages back
-        self.model_path = str(model_path)
-        self.backend = backend
         threads = r.run.threads
         self.rollout = [
             backend.spawn(
@@ -125,6 +106,44 @@ class Controller:
             num_cpus=0,
         )
         self.metrics = MetricsLogger(self.run_dir)
+
+    def warm_start(self) -> str:
+        """The model folder RL starts from. SFT, when the cache misses, runs as a one-off task in
+        its own process (under Ray), so its heap is returned to the OS before RL starts."""
+        r = self.recipe
+        demo_rng = random.Random(r.run.seed + 1)
+        default = r.model.warm_start.examples_per_domain
+        demos = [
+            pair
+            for cfg in r.domains
+            for pair in self.domains[cfg.name].demonstrations(
+                demo_rng, default if cfg.demos is None else cfg.demos
+            )
+        ]
+        target, ready = model_cache.resolve(r.model, demos, r.run.seed)
+        if ready:
+            return str(target)
+        self.progress("warm_start", {"examples": len(demos)})
+        from omnisched.model.warm_start import warm_start_task  # torch: only in the task
+
+        log_path = self.run_dir / "warm_start_progress.jsonl"
+        log_path.unlink(missing_ok=True)
+        future = self.backend.submit(
+            warm_start_task, r.model, demos, r.run.seed, r.run.threads, str(log_path)
+        )
+        seen = 0
+        while True:
+            finished = self.backend.done(future, timeout=1.0)
+            if log_path.exists():
+                lines = log_path.read_text().splitlines()
+                for line in lines[seen:]:
+                    with contextlib.suppress(ValueError):  # a line still being written
+                        self.progress("sft", json.loads(line))
+                        seen += 1
+            if finished:
+                path = self.backend.gather([future])[0]
+                release_freed_memory()  # inline: the SFT model and optimizer are garbage now
+                return path
 
     def _ask(self, worker: Any, method: str, *args: Any) -> Any:
         return self.backend.gather([self.backend.call(worker, method, *args)])[0]
@@ -230,26 +249,25 @@ class Controller:
         )
         groups = self.generate([ex.prompt for _, ex in drawn], params)
         t_gen = time.perf_counter()
-        rewards = torch.zeros(len(drawn), r.rollout.group_size)
+        rewards: list[list[float]] = [[] for _ in drawn]
         stats: dict[str, float] = {}
         for dom in dict.fromkeys(d for d, _ in drawn):
             idx = [i for i, (d, _) in enumerate(drawn) if d == dom]
             total, parts, _ = self.score(dom, [drawn[i][1] for i in idx], [groups[i] for i in idx])
-            rewards[idx] = torch.tensor(total).view(len(idx), -1)
+            g = r.rollout.group_size
+            for k, i in enumerate(idx):
+                rewards[i] = total[k * g : (k + 1) * g]
             stats[f"reward/{dom}"] = sum(total) / len(total)
             for comp, vals in parts.items():
                 stats[f"reward/{dom}/{comp}"] = sum(vals) / len(vals)
         t_score = time.perf_counter()
-        adv = group_advantages(rewards, scale=r.learner.scale_advantages)
-        samples = [
-            TrainSample(c.prompt_ids, c.token_ids, float(adv[i, j]))
-            for i, group in enumerate(groups)
-            for j, c in enumerate(group)
-            if r.learner.kl_coef > 0 or abs(float(adv[i, j])) > 1e-8
+        scored = [
+            ScoredGroup(group[0].prompt_ids, [c.token_ids for c in group], rew)
+            for group, rew in zip(groups, rewards)
         ]
-        learn: dict[str, float] = {}
-        if samples:  # a batch whose groups all tie carries no policy gradient
-            learn = self._ask(self.learner, "train_step", samples)
+        learn = self._ask(self.learner, "train_groups", scored)
+        trained = int(learn.pop("samples_trained", 0))
+        if trained:  # a batch whose groups all tie carried no gradient: weights are unchanged
             state = self.backend.put(self._ask(self.learner, "state_dict"))
             self.backend.gather(
                 [self.backend.call(w, "update_weights", state) for w in self.rollout]
@@ -260,8 +278,8 @@ class Controller:
         record = {
             **stats,
             **{f"learner/{k}": v for k, v in learn.items()},
-            "reward/mean": float(rewards.mean()),
-            "samples_trained": len(samples),
+            "reward/mean": sum(map(sum, rewards)) / sum(map(len, rewards)),
+            "samples_trained": trained,
             "completion_len": sum(lengths) / len(lengths),
             "entropy": sum(c.mean_entropy for g in groups for c in g) / len(lengths),
             "time/generate_s": t_gen - t0,

@@ -5,18 +5,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from omnisched.config.schema import LearnerConfig
-from omnisched.learner.base import TrainSample
+from omnisched.learner.base import ScoredGroup, TrainSample
 from omnisched.rollout.base import Completion, SamplingParams
+
+if TYPE_CHECKING:  # torch loads inside the worker processes only; the driver stays torch-free
+    import torch
 
 log = logging.getLogger(__name__)
 
 
 def _quiet_worker(threads: int | None) -> None:
     """Thread count, and no per-load progress bars from transformers in the run's output."""
+    import torch
     import transformers
 
     if threads:
@@ -55,6 +58,8 @@ class LearnerWorker:
         seed: int,
         max_completion_len: int | None = None,
     ) -> None:
+        import torch
+
         from omnisched.learner import LEARNERS
         from omnisched.model import load_model
 
@@ -66,6 +71,27 @@ class LearnerWorker:
             model, cfg, pad_token_id=tokenizer.pad_token_id, max_completion_len=max_completion_len
         )
         self.tokenizer = tokenizer
+        self.cfg = cfg
+
+    def train_groups(self, groups: Sequence[ScoredGroup]) -> dict[str, float]:
+        """Group-relative advantages, then one optimizer step on the samples that carry signal
+        (a group whose rewards all tie has zero advantage and, without KL, no gradient)."""
+        import torch
+
+        from omnisched.learner.grpo import group_advantages
+
+        adv = group_advantages(
+            torch.tensor([g.rewards for g in groups]), scale=self.cfg.scale_advantages
+        )
+        samples = [
+            TrainSample(g.prompt_ids, ids, float(adv[i, j]))
+            for i, g in enumerate(groups)
+            for j, ids in enumerate(g.completion_ids)
+            if self.cfg.kl_coef > 0 or abs(float(adv[i, j])) > 1e-8
+        ]
+        if not samples:
+            return {"samples_trained": 0}
+        return {**self.learner.train_step(samples), "samples_trained": len(samples)}
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
         return self.learner.train_step(samples)

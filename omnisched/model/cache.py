@@ -1,0 +1,43 @@
+"""Where the warm-started model lives, decided without torch.
+
+The cache key hashes everything that changes the result (model shape, SFT settings, seed, the
+demonstrations, a format version), so a second run of the same recipe skips training. The Ray
+driver calls `resolve` to learn whether SFT must run at all; the training itself runs in a
+short-lived worker process whose memory goes back to the OS when it exits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from omnisched.config.schema import ModelConfig
+from omnisched.errors import DataError
+
+FORMAT_VERSION = 4  # bump when the tokenizer, model builder or SFT recipe changes
+Demo = tuple[str, str]
+
+
+def cache_key(model_cfg: ModelConfig, demos: Sequence[Demo], seed: int) -> str:
+    """Hash of (format version, tiny config, warm-start config minus cache_dir, seed, demos)."""
+    sft_cfg = model_cfg.warm_start.model_dump(mode="json", exclude={"cache_dir"})
+    meta = {"v": FORMAT_VERSION, "tiny": model_cfg.tiny.model_dump(), "sft": sft_cfg, "seed": seed}
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for prompt, completion in demos:
+        h.update(json.dumps([prompt, completion]).encode())
+    return h.hexdigest()[:20]
+
+
+def resolve(model_cfg: ModelConfig, demos: Sequence[Demo], seed: int) -> tuple[Path, bool]:
+    """(model folder, whether it is ready). `model.path` is returned as is and must be an HF
+    folder; otherwise the tiny model's cache folder, ready when an earlier run wrote it."""
+    if model_cfg.path is not None:
+        path = Path(model_cfg.path).expanduser()
+        if not (path / "config.json").is_file():
+            raise DataError(f"model.path {path} is not an HF model folder (no config.json)")
+        return path, True
+    cache = Path(model_cfg.warm_start.cache_dir).expanduser()
+    target = cache / f"tiny-{cache_key(model_cfg, demos, seed)}"
+    return target, (target / "config.json").is_file()
