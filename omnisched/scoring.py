@@ -1,12 +1,22 @@
-"""Hybrid reward: a domain's verifiers and judges, weighted and normalised to [0, 1]."""
+"""Hybrid reward: a domain's verifiers and judges, weighted, gated and normalised to [0, 1].
+
+total = sum_i(w_i * r_i) / sum_i(w_i), each r_i in [0, 1]. A component with `gate: other` is
+evaluated only where `other` scored >= `gate_threshold` (so a judge is not paid for a sample
+that failed its format check); elsewhere it takes `gate_fail`, or, when `gate_fail` is None,
+the sample's total is 0. A judge verdict marked `dropped` (`fallback: drop`) carries no signal:
+it is replaced by the mean of the judge's other verdicts in the same prompt group, so it moves
+no advantage, and the sample is flagged in `ScoredBatch.dropped`.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omnisched.config.schema import RewardComponent
+from omnisched.errors import ConfigError
 
 
 @dataclass
@@ -14,10 +24,48 @@ class ScoredBatch:
     total: list[float]
     components: dict[str, list[float]] = field(default_factory=dict)
     reasons: list[str | None] = field(default_factory=list)
+    # "{component}/{counter}": judge failure counts (retries, fallbacks, ...) and gated samples
+    counters: dict[str, int] = field(default_factory=dict)
+    dropped: list[bool] = field(default_factory=list)  # a judge had no verdict for the sample
+
+
+@dataclass
+class _Part:
+    """One component's result over the whole batch."""
+
+    values: list[float]
+    why: list[str | None]
+    evaluated: list[bool]  # False where the gate closed
+
+
+def evaluation_order(components: Sequence[RewardComponent]) -> list[RewardComponent]:
+    """Components with each gate before what it gates, otherwise in recipe order.
+
+    Raises ConfigError for duplicate names, unknown gates and gate cycles.
+    """
+    keys = [c.key for c in components]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ConfigError(f"reward components share the name(s) {dupes}; set `name` to tell apart")
+    for comp in components:
+        if comp.gate is not None and comp.gate not in keys:
+            raise ConfigError(
+                f"reward component '{comp.key}': gate '{comp.gate}' is not a component; "
+                f"known: {', '.join(keys)}"
+            )
+    order: list[RewardComponent] = []
+    pending = list(components)
+    while pending:
+        ready = [c for c in pending if c.gate is None or c.gate in {o.key for o in order}]
+        if not ready:
+            raise ConfigError(f"reward gates form a cycle among {[c.key for c in pending]}")
+        order.append(ready[0])
+        pending.remove(ready[0])
+    return order
 
 
 class RewardScorer:
-    """Scores completions with `components`; total = sum(w_i * r_i) / sum(w_i)."""
+    """Scores completions with `components`; see the module docstring for the maths."""
 
     def __init__(
         self, components: Sequence[RewardComponent], max_workers: int = 2, timeout: float = 10.0
@@ -26,45 +74,128 @@ class RewardScorer:
         import rewards
 
         self.components = list(components)
+        self.order = evaluation_order(self.components)
         self.max_workers = max_workers
         self.timeout = timeout
-        self._fns: list[tuple[str, Any, RewardComponent]] = []
+        self._fns: dict[str, Any] = {}
         for comp in self.components:
             if comp.verifier is not None:
-                self._fns.append((comp.verifier, rewards.get(comp.verifier), comp))
+                self._fns[comp.key] = rewards.get(comp.verifier)
             else:
-                judge = judges.get(comp.judge)(**comp.options)  # type: ignore[arg-type]
-                self._fns.append((comp.judge, judge, comp))  # type: ignore[arg-type]
+                self._fns[comp.key] = judges.get(comp.judge)(**comp.options)  # type: ignore[arg-type]
 
     def score(
         self, prompts: Sequence[str], completions: Sequence[str], columns: dict[str, list[Any]]
     ) -> ScoredBatch:
+        n = len(completions)
+        parts: dict[str, _Part] = {}
+        counters: dict[str, int] = {}
+        dropped = [False] * n
+        zeroed = [False] * n  # a hard gate (gate_fail None) closed: total 0
+        for comp in self.order:
+            open_ = self._gate(comp, parts, n)
+            idx = [i for i in range(n) if open_[i]]
+            values, why, lost, counts = self._evaluate(comp, idx, prompts, completions, columns)
+            counters.update({f"{comp.key}/{k}": v for k, v in counts.items()})
+            if comp.gate is not None:
+                counters[f"{comp.key}/gated"] = n - len(idx)
+            part = _Part([comp.gate_fail or 0.0] * n, [None] * n, open_)
+            for j, i in enumerate(idx):
+                part.values[i], part.why[i], dropped[i] = values[j], why[j], dropped[i] or lost[j]
+            for i in range(n):
+                if not open_[i]:
+                    zeroed[i] = zeroed[i] or comp.gate_fail is None
+                    part.why[i] = f"gated by {comp.gate}"
+            parts[comp.key] = part
+        total = self._total(parts, zeroed, n)
+        return ScoredBatch(
+            total=total,
+            components={c.key: parts[c.key].values for c in self.components},
+            reasons=self._reasons(parts, n),
+            counters=counters,
+            dropped=dropped,
+        )
+
+    def _gate(self, comp: RewardComponent, parts: dict[str, _Part], n: int) -> list[bool]:
+        """Which samples this component scores: all, or those whose gate passed its threshold."""
+        if comp.gate is None:
+            return [True] * n
+        gate = parts[comp.gate]
+        return [gate.values[i] >= comp.gate_threshold for i in range(n)]
+
+    def _evaluate(
+        self,
+        comp: RewardComponent,
+        idx: list[int],
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        columns: dict[str, list[Any]],
+    ) -> tuple[list[float], list[str | None], list[bool], dict[str, int]]:
+        """(values, reasons, dropped, counters) of one component on the samples `idx`."""
+        fn = self._fns[comp.key]
+        sub_prompts = [prompts[i] for i in idx]
+        sub_completions = [completions[i] for i in idx]
+        sub_columns = {k: [v[i] for i in idx] for k, v in columns.items()}
+        if comp.verifier is not None:
+            return self._verify(comp, fn, sub_prompts, sub_completions, sub_columns)
+        if not idx:
+            counts = fn.take_counters() if hasattr(fn, "take_counters") else {}
+            return [], [], [], counts
+        verdicts = fn.judge(sub_prompts, sub_completions, **sub_columns)
+        values = [min(1.0, max(0.0, float(v.score))) for v in verdicts]
+        lost = [bool(getattr(v, "dropped", False)) for v in verdicts]
+        values = impute_group_mean(values, lost, sub_prompts)
+        why = [v.rationale if v.score < 1 else None for v in verdicts]
+        counts = fn.take_counters() if hasattr(fn, "take_counters") else {}
+        return values, why, lost, counts
+
+    def _verify(
+        self,
+        comp: RewardComponent,
+        fn: Any,
+        prompts: list[str],
+        completions: list[str],
+        columns: dict[str, list[Any]],
+    ) -> tuple[list[float], list[str | None], list[bool], dict[str, int]]:
         import rewards
 
         n = len(completions)
-        total = [0.0] * n
-        reasons: list[str | None] = [None] * n
-        parts: dict[str, list[float]] = {}
+        if not n:
+            return [], [], [], {}
+        cols = {**columns, **{k: [v] * n for k, v in comp.options.items()}, "prompts": prompts}
+        scores = rewards.score_batch(
+            fn, completions, cols, max_workers=self.max_workers, timeout=self.timeout
+        )
+        why = [getattr(s, "reason", None) for s in scores]
+        return [float(s) for s in scores], why, [False] * n, {}
+
+    def _total(self, parts: dict[str, _Part], zeroed: list[bool], n: int) -> list[float]:
         weight_sum = sum(c.weight for c in self.components) or 1.0
-        for name, fn, comp in self._fns:
-            if comp.verifier is not None:
-                cols = {
-                    **columns,
-                    **{k: [v] * n for k, v in comp.options.items()},
-                    "prompts": list(prompts),
-                }
-                scores = rewards.score_batch(
-                    fn, list(completions), cols, max_workers=self.max_workers, timeout=self.timeout
-                )
-                values = [float(s) for s in scores]
-                why = [getattr(s, "reason", None) for s in scores]
-            else:
-                verdicts = fn.judge(list(prompts), list(completions), **columns)
-                values = [min(1.0, max(0.0, v.score)) for v in verdicts]
-                why = [v.rationale if v.score < 1 else None for v in verdicts]
-            parts[name] = values
+        total = [0.0] * n
+        for comp in self.components:
+            for i, value in enumerate(parts[comp.key].values):
+                total[i] += comp.weight * value / weight_sum
+        return [0.0 if zeroed[i] else total[i] for i in range(n)]
+
+    def _reasons(self, parts: dict[str, _Part], n: int) -> list[str | None]:
+        """Per sample, the first component (in recipe order) that fell short, and why."""
+        reasons: list[str | None] = [None] * n
+        for comp in self.components:
+            part = parts[comp.key]
             for i in range(n):
-                total[i] += comp.weight * values[i] / weight_sum
-                if why[i] and reasons[i] is None and values[i] < 1:
-                    reasons[i] = f"{name}: {why[i]}"
-        return ScoredBatch(total=total, components=parts, reasons=reasons)
+                if reasons[i] is None and part.why[i] and part.values[i] < 1:
+                    reasons[i] = f"{comp.key}: {part.why[i]}"
+        return reasons
+
+
+def impute_group_mean(values: list[float], lost: list[bool], groups: Sequence[str]) -> list[float]:
+    """Replace each lost value by the mean of the kept values of its group (same prompt), so it
+    adds nothing to a group-relative advantage; a group with no kept value keeps the values."""
+    kept: dict[str, list[float]] = defaultdict(list)
+    for value, gone, group in zip(values, lost, groups):
+        if not gone:
+            kept[group].append(value)
+    return [
+        sum(kept[g]) / len(kept[g]) if gone and kept[g] else v
+        for v, gone, g in zip(values, lost, groups)
+    ]

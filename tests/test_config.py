@@ -104,3 +104,23 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path, patch, needle):
     err = proc.stderr.strip()
     assert needle in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_unknown_judge_option_names_the_field(tmp_path):
+    recipe = yaml.safe_load((ROOT / "recipes" / "tiny.yaml").read_text())
+    recipe["domains"][3]["reward"] = [{"judge": "http", "options": {"base_ulr": "http://x"}}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(
+        ConfigError, match=r"domains\.3\.reward\.0\.options: judge 'http'.*base_ulr"
+    ):
+        load_recipe(path)
+
+
+def test_unknown_reward_gate_fails_at_load(tmp_path):
+    recipe = yaml.safe_load((ROOT / "recipes" / "tiny.yaml").read_text())
+    recipe["domains"][3]["reward"] = [{"judge": "creative_rubric", "gate": "fmt"}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match=r"domains\.3\.reward: .*gate 'fmt'"):
+        load_recipe(path)

@@ -127,6 +127,26 @@ def _check_plugin_names(recipe: Recipe, source: str) -> None:
                 f"{source}: {field}: unknown {registry.kind} '{name}'; "
                 f"known: {', '.join(registry.names())}"
             )
+    import inspect
+
+    from omnisched.scoring import evaluation_order
+
+    for i, dom in enumerate(recipe.domains):
+        for k, comp in enumerate(dom.reward or []):
+            if comp.judge is None:
+                continue
+            try:  # judge options are constructor keywords: a typo fails here, not in a worker
+                inspect.signature(judges.get(comp.judge)).bind(**comp.options)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"{source}: domains.{i}.reward.{k}.options: judge '{comp.judge}': {exc}"
+                ) from None
+
+    for i, dom in enumerate(recipe.domains):
+        try:  # duplicate component names, unknown gates, gate cycles
+            evaluation_order(dom.reward or [])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: domains.{i}.reward: {exc}") from None
 
 
 def _one_line(text: str) -> str:

@@ -57,18 +57,34 @@ class ModelConfig(Strict):
 
 
 class RewardComponent(Strict):
-    """One term of a domain's reward: a verifier (rewards/) or a judge (judges/), weighted."""
+    """One term of a domain's reward: a verifier (rewards/) or a judge (judges/), weighted.
+
+    `gate` names another component of the domain: this one is evaluated only for samples whose
+    gate scored >= `gate_threshold`. A failed gate sets the sample's whole reward to 0 when
+    `gate_fail` is None, else only this component's value to `gate_fail`.
+    """
 
     verifier: str | None = None
     judge: str | None = None
+    name: str | None = Field(None, description="component name; default: the verifier or judge")
     weight: float = Field(1.0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
+    gate: str | None = Field(None, description="name of the component that gates this one")
+    gate_threshold: float = Field(1.0, ge=0, le=1)
+    gate_fail: float | None = Field(None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardComponent:
         if (self.verifier is None) == (self.judge is None):
             raise ValueError("a reward component names exactly one of 'verifier' or 'judge'")
+        if self.gate is not None and self.gate == self.key:
+            raise ValueError(f"reward component '{self.key}' cannot gate itself")
         return self
+
+    @property
+    def key(self) -> str:
+        """The component's name in logs, gates and `ScoredBatch.components`."""
+        return self.name or self.verifier or self.judge or ""
 
 
 class DomainConfig(Strict):

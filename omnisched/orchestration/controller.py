@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import json
 import logging
 import random
@@ -124,12 +125,10 @@ class Controller:
         if ready:
             return str(target)
         self.progress("warm_start", {"examples": len(demos)})
-        from omnisched.model.warm_start import warm_start_task  # torch: only in the task
-
         log_path = self.run_dir / "warm_start_progress.jsonl"
         log_path.unlink(missing_ok=True)
         future = self.backend.submit(
-            warm_start_task, r.model, demos, r.run.seed, r.run.threads, str(log_path)
+            model_cache.train_in_worker, r.model, demos, r.run.seed, r.run.threads, str(log_path)
         )
         seen = 0
         while True:
@@ -165,37 +164,36 @@ class Controller:
         return out
 
     def score(self, domain: str, examples: list[Example], groups: list[list[Completion]]):
-        """Hybrid reward of every completion; columns repeat per completion (TRL style)."""
-        prompts, texts, columns = [], [], {}
-        for ex, group in zip(examples, groups):
-            for c in group:
-                prompts.append(ex.prompt)
-                texts.append(c.text)
-                for key, val in ex.columns.items():
-                    columns.setdefault(key, []).append(val)
+        """Hybrid reward of every completion; columns repeat per completion (TRL style).
+
+        Work is split over the reward workers at prompt-group boundaries, so a judge that fills
+        a dropped verdict from its group sees the whole group. Returns (total, per-component
+        values, judge counters summed over workers)."""
         k = len(self.rewarders)
-        n = len(texts)
-        bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
-        futures = [
-            self.backend.call(
-                w,
-                "score",
-                domain,
-                prompts[a:b],
-                texts[a:b],
-                {c: v[a:b] for c, v in columns.items()},
-            )
-            for w, (a, b) in zip(self.rewarders, bounds)
-            if b > a
-        ]
+        cuts = [len(examples) * j // k for j in range(k + 1)]
+        futures = []
+        for w, (a, b) in zip(self.rewarders, itertools.pairwise(cuts)):
+            if b <= a:
+                continue
+            prompts, texts, columns = [], [], {}
+            for ex, group in zip(examples[a:b], groups[a:b]):
+                for c in group:
+                    prompts.append(ex.prompt)
+                    texts.append(c.text)
+                    for key, val in ex.columns.items():
+                        columns.setdefault(key, []).append(val)
+            futures.append(self.backend.call(w, "score", domain, prompts, texts, columns))
         batches = self.backend.gather(futures)
         total = [x for b in batches for x in b.total]
         parts: dict[str, list[float]] = {}
+        counters: dict[str, int] = {}
         for b in batches:
             for name, vals in b.components.items():
                 parts.setdefault(name, []).extend(vals)
-        reasons = [x for b in batches for x in b.reasons]
-        return total, parts, reasons
+            for name, count in b.counters.items():
+                counters[name] = counters.get(name, 0) + count
+        counters["dropped"] = sum(sum(b.dropped) for b in batches)
+        return total, parts, counters
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, label: str) -> Evaluation:
@@ -253,13 +251,18 @@ class Controller:
         stats: dict[str, float] = {}
         for dom in dict.fromkeys(d for d, _ in drawn):
             idx = [i for i, (d, _) in enumerate(drawn) if d == dom]
-            total, parts, _ = self.score(dom, [drawn[i][1] for i in idx], [groups[i] for i in idx])
+            total, parts, counters = self.score(
+                dom, [drawn[i][1] for i in idx], [groups[i] for i in idx]
+            )
             g = r.rollout.group_size
             for k, i in enumerate(idx):
                 rewards[i] = total[k * g : (k + 1) * g]
             stats[f"reward/{dom}"] = sum(total) / len(total)
             for comp, vals in parts.items():
                 stats[f"reward/{dom}/{comp}"] = sum(vals) / len(vals)
+            for name, count in counters.items():  # judge retries, fallbacks, gated samples
+                if count:
+                    stats[f"judge/{dom}/{name}"] = count
         t_score = time.perf_counter()
         scored = [
             ScoredGroup(group[0].prompt_ids, [c.token_ids for c in group], rew)

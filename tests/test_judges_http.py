@@ -1,0 +1,314 @@
+"""The HTTP judge against a real OpenAI-compatible server (`judges.serve`) on 127.0.0.1.
+
+The server runs a tiny Qwen2 model SFT-ed here in a few seconds to answer `<verdict>7</verdict>`
+to pointwise prompts and `<verdict>A</verdict>` to pairwise ones; truncated replies, a busy
+server, timeouts and a server killed mid-batch are the failure cases.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import select
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import judges
+from judges.hf_local import HFLocalJudge
+from judges.http import HttpJudge
+from judges.prompting import JudgePrompt
+
+ROOT = Path(__file__).resolve().parents[1]
+POINTWISE = "{prompt}\n<{tag}>{completion}</{tag}>"
+PAIRWISE = "{prompt}\n<{tag}-A>{completion}</{tag}-A>\n<{tag}-B>{reference}</{tag}-B>"
+WORDS = ["sea", "moon", "sun", "star", "wind", "rain", "river", "stone", "tree", "bird"]
+SEVEN = 6 / 9  # <verdict>7</verdict> on the 1..10 scale
+
+
+def _line(rng: random.Random) -> str:
+    return " ".join(rng.sample(WORDS, rng.randint(1, 3))) + rng.choice(".!?")
+
+
+def _demos(n: int, seed: int = 0) -> list[tuple[list[dict[str, str]], str]]:
+    """(chat, reply) pairs rendered with the real prompt builder; seeded nonces keep it
+    reproducible."""
+    rng = random.Random(seed)
+    point, pair = JudgePrompt(POINTWISE, "pointwise"), JudgePrompt(PAIRWISE, "pairwise")
+    demos = []
+    for k in range(n):
+        prompt = f"Write about the {rng.choice(WORDS)}."
+        if k % 2:
+            chat, _ = point.render(prompt, _line(rng), nonce=f"{rng.getrandbits(48):012x}")
+            demos.append((chat, "<verdict>7</verdict>"))
+        else:
+            chat, _ = pair.render(prompt, _line(rng), _line(rng), f"{rng.getrandbits(48):012x}")
+            demos.append((chat, "<verdict>A</verdict>"))
+    return demos
+
+
+def train_judge_model(path: Path, steps: int = 150, batch: int = 16) -> Path:
+    """A hidden-64, 2-layer Qwen2 SFT-ed on judge replies; one torch thread (fast on 2 busy
+    cores, where two threads contend)."""
+    import torch
+
+    from judges.local_model import render_chat
+    from omnisched.config.schema import TinyModelConfig
+    from omnisched.model import build_char_tokenizer, build_tiny_model, save_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = build_char_tokenizer()
+        cfg = TinyModelConfig(
+            hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+            max_position_embeddings=256,
+        )  # fmt: skip
+        model = build_tiny_model(cfg, tok, seed=0)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        rows = []
+        for chat, reply in _demos(steps * batch):
+            p = tok.encode(render_chat(tok, chat), add_special_tokens=False)
+            c = [*tok.encode(reply, add_special_tokens=False), tok.eos_token_id]
+            rows.append((p, c))
+        for step in range(steps):
+            chunk = rows[step * batch : (step + 1) * batch]
+            width = max(len(p) + len(c) for p, c in chunk)
+            ids = torch.full((batch, width), tok.pad_token_id)
+            labels = torch.full((batch, width), -100)
+            mask = torch.zeros((batch, width), dtype=torch.long)
+            for i, (p, c) in enumerate(chunk):
+                ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+                labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+                mask[i, : len(p) + len(c)] = 1
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+        return save_model(model, tok, path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def judge_model(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("judge")
+    (root / "point.md").write_text(POINTWISE)
+    (root / "pair.md").write_text(PAIRWISE)
+    return SimpleNamespace(
+        path=train_judge_model(root / "model"),
+        point=str(root / "point.md"),
+        pair=str(root / "pair.md"),
+    )
+
+
+def start_server(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`python -m judges.serve` on a free loopback port; returns (process, base URL)."""
+    argv = [sys.executable, "-m", "judges.serve", "--model", str(model), "--port", "0"]
+    proc = subprocess.Popen(
+        [*argv, "--threads", "1", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("serving "):
+        proc.kill()
+        raise RuntimeError(f"judge server did not start: {line!r}")
+    return proc, line.split(" on ")[1].strip()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait(10)
+    proc.stdout.close()
+
+
+def stats(url: str, reset: bool = False) -> dict[str, int]:
+    path, method = ("/stats/reset", "POST") if reset else ("/stats", "GET")
+    req = urllib.request.Request(url + path, method=method)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def server(judge_model: SimpleNamespace):
+    proc, url = start_server(judge_model.path)
+    yield url
+    stop(proc)
+
+
+def items(n: int, seed: int = 1) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    return ["Write about the sea."] * n, [f"{_line(rng)} #{k}" for k in range(n)]
+
+
+def fast(url: str, template: str, **options) -> HttpJudge:
+    """An HTTP judge with test-sized timeouts and backoff."""
+    defaults = dict(template=template, timeout=20.0, backoff=0.01, max_backoff=0.05, max_tokens=24)
+    return HttpJudge(url, **{**defaults, **options})
+
+
+def test_registry_resolves_backends_lazily_without_torch():
+    assert judges.get("http") is HttpJudge and judges.get("openai") is HttpJudge
+    assert {"http", "openai", "hf_local", "creative_rubric"} <= set(judges.JUDGES.names())
+    code = "import sys, judges; judges.get('http'); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_pointwise_and_pairwise_verdicts_over_real_http(server, judge_model):
+    prompts, completions = items(6)
+    judge = fast(server, judge_model.point, concurrency=3)  # model: discovered from /v1/models
+    verdicts = judge.judge(prompts, completions)
+    assert [v.score for v in verdicts] == pytest.approx([SEVEN] * 6)
+    assert all("<verdict>7</verdict>" in v.rationale and not v.dropped for v in verdicts)
+    assert judge.model == judge_model.path.name
+    counts = judge.take_counters()
+    assert counts["requests"] == 1 + 6  # the model lookup, then one request per item
+    assert counts["fallbacks"] == counts["retries"] == 0
+
+    pair = fast(server, judge_model.pair, mode="pairwise", reference_column="answer")
+    verdicts = pair.judge(prompts[:3], completions[:3], answer=["a reference."] * 3)
+    assert [v.score for v in verdicts] == [1.0, 1.0, 1.0]  # A (the completion) wins
+
+
+def test_repeated_items_are_paid_once_and_disk_cache_survives(server, judge_model, tmp_path):
+    prompts, completions = items(4, seed=2)
+    name = judge_model.path.name  # given: no model lookup among the requests counted
+    judge = fast(server, judge_model.point, cache_dir=str(tmp_path), model=name)
+    judge.judge(prompts + prompts, completions + completions)  # duplicates within a batch
+    assert judge.take_counters()["requests"] == 4
+    again = judge.judge(prompts, completions)
+    assert [v.score for v in again] == pytest.approx([SEVEN] * 4)
+    counts = judge.take_counters()
+    assert counts["cache_hits"] == 4 and counts["requests"] == 0
+    fresh = fast(server, judge_model.point, cache_dir=str(tmp_path), model=name)  # new process
+    fresh.judge(prompts, completions)
+    counts = fresh.take_counters()
+    assert counts["cache_hits"] == 4 and counts["requests"] == 0
+    other = fast(server, judge_model.point, cache_dir=str(tmp_path), model=name, max_tokens=23)
+    other.judge(prompts, completions)  # another identity: not served from the cache
+    assert other.take_counters()["requests"] == 4
+
+
+def test_requests_in_flight_are_bounded_by_concurrency(server, judge_model):
+    stats(server, reset=True)
+    prompts, completions = items(12, seed=3)
+    judge = fast(server, judge_model.point, concurrency=3, cache_size=0)
+    assert all(not v.dropped for v in judge.judge(prompts, completions))
+    assert stats(server)["max_in_flight"] == 3
+
+
+def test_malformed_replies_fall_back_and_are_counted(server, judge_model):
+    prompts, completions = items(3, seed=4)
+    truncated = fast(server, judge_model.point, max_tokens=5, neutral_score=0.3)
+    verdicts = truncated.judge(prompts, completions)  # the reply stops at "<verd"
+    assert [v.score for v in verdicts] == [0.3] * 3
+    assert all("no valid verdict" in v.rationale for v in verdicts)
+    counts = truncated.take_counters()
+    assert counts["parse_failures"] == counts["fallbacks"] == 3 and counts["retries"] == 0
+    # a well-formed tag with a value outside the mode: "A" is no 1..10 score
+    wrong = fast(server, judge_model.pair, mode="pointwise", fallback="drop")
+    verdicts = wrong.judge(prompts, completions, reference=["x."] * 3)
+    assert all(v.dropped for v in verdicts) and wrong.take_counters()["parse_failures"] == 3
+
+
+def test_busy_server_is_retried_with_backoff(judge_model):
+    proc, url = start_server(judge_model.path, "--max-pending", "1")
+    try:
+        prompts, completions = items(6, seed=5)
+        judge = fast(url, judge_model.point, concurrency=4, retries=20)
+        verdicts = judge.judge(prompts, completions)
+        counts = judge.take_counters()
+        assert [v.score for v in verdicts] == pytest.approx([SEVEN] * 6)
+        assert counts["retries"] > 0 and counts["fallbacks"] == 0
+        assert stats(url)["rejected"] == counts["retries"]
+    finally:
+        stop(proc)
+
+
+def test_server_killed_mid_batch_gives_counted_fallbacks(judge_model):
+    proc, url = start_server(judge_model.path)
+    prompts, completions = items(40, seed=6)
+    judge = fast(url, judge_model.point, concurrency=2, retries=2, fallback="drop")
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(judge.judge(prompts, completions)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while stats(url)["served"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop(proc)
+    worker.join(60)
+    verdicts = out[0]
+    counts = judge.take_counters()
+    judged = [v for v in verdicts if not v.dropped]
+    assert len(verdicts) == 40 and 4 <= len(judged) < 40
+    assert all(v.score == pytest.approx(SEVEN) for v in judged)
+    assert counts["fallbacks"] == 40 - len(judged) and counts["http_errors"] > 0
+    assert counts["retries"] >= 2 * counts["http_errors"] - 2  # every failure was retried
+
+
+def test_timeouts_and_unreachable_servers_fall_back(server, judge_model):
+    prompts, completions = items(2, seed=7)
+    name = judge_model.path.name
+    slow = fast(server, judge_model.point, timeout=0.001, retries=1, model=name, cache_size=0)
+    assert [v.score for v in slow.judge(prompts, completions)] == [0.5, 0.5]
+    counts = slow.take_counters()
+    assert counts["timeouts"] == 4 and counts["retries"] == 2 and counts["fallbacks"] == 2
+    gone = fast("http://127.0.0.1:9/v1", judge_model.point, retries=1, model="m")
+    assert [v.score for v in gone.judge(prompts, completions)] == [0.5, 0.5]
+    assert gone.take_counters()["http_errors"] == 2
+    unnamed = fast("http://127.0.0.1:9", judge_model.point, retries=0)  # no /v1/models either
+    assert all(v.score == 0.5 for v in unnamed.judge(prompts, completions))
+    assert unnamed.take_counters()["fallbacks"] == 2
+
+
+def test_hf_local_judge_uses_the_same_templates_and_parser(judge_model):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        judge = HFLocalJudge(str(judge_model.path), template=judge_model.point, threads=1)
+        prompts, completions = items(3, seed=8)
+        verdicts = judge.judge(prompts, completions)
+        assert [v.score for v in verdicts] == pytest.approx([SEVEN] * 3)
+        pair = HFLocalJudge(
+            str(judge_model.path), mode="pairwise", template=judge_model.pair, max_tokens=24
+        )
+        verdicts = pair.judge(prompts, completions, reference=["b."] * 3)
+        assert [v.score for v in verdicts] == [1.0] * 3
+        assert pair.take_counters()["requests"] == 3
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_against_vllm_serve(judge_model, tmp_path):
+    """The same judge against `vllm serve` when vLLM is installed (CPU or GPU)."""
+    pytest.importorskip("vllm")
+    chat = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    (tmp_path / "chat.jinja").write_text(chat + "<|assistant|>\n")
+    port = 18000 + random.randrange(1000)
+    proc = subprocess.Popen(
+        [
+            *("vllm", "serve", str(judge_model.path), "--port", str(port), "--host", "127.0.0.1"),
+            *("--chat-template", str(tmp_path / "chat.jinja"), "--max-model-len", "256"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        judge = fast(url, judge_model.point, retries=40, backoff=1.0, max_backoff=5.0)
+        prompts, completions = items(3, seed=9)
+        assert [v.score for v in judge.judge(prompts, completions)] == pytest.approx([SEVEN] * 3)
+    finally:
+        proc.kill()
+        proc.wait(30)
