@@ -27,9 +27,15 @@ def _fail(exc: BaseException) -> None:
 
 @app.command()
 def run(
-    recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/tiny.yaml")],
+    recipe: Annotated[
+        Path | None, typer.Argument(help="recipe YAML, e.g. recipes/tiny.yaml")
+    ] = None,
     overrides: Annotated[
         list[str] | None, typer.Argument(help="dotted overrides key=value")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="continue RUN_DIR from its last checkpoint"),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="validate and print, do not train")
@@ -40,11 +46,31 @@ def run(
     from omnisched.config import load_recipe
 
     try:
+        if resume is not None:
+            if recipe is not None and recipe.suffix not in (".yaml", ".yml"):
+                overrides = [str(recipe), *(overrides or [])]  # only overrides were given
+            elif recipe is not None:
+                raise OmniError("--resume takes the run's own recipe.yaml; give no RECIPE")
+            if not (resume / "recipe.yaml").is_file():
+                raise OmniError(f"--resume {resume}: no recipe.yaml (is this a run directory?)")
+            cfg = load_recipe(resume / "recipe.yaml", overrides or [])
+            report = _train(cfg, resume, quiet, resume=True)
+            console.print(f"report: {report}")
+            typer.echo(str(report.parent))
+            return
+        if recipe is None:
+            raise OmniError("give a RECIPE (e.g. recipes/tiny.yaml) or --resume RUN_DIR")
         cfg = load_recipe(recipe, overrides or [])
         if dry_run:
             import yaml
 
+            from omnisched.orchestration.placement import placement_report
+
             typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            plan_text, misfits = placement_report(cfg)
+            typer.echo(plan_text)
+            if misfits:
+                raise OmniError(f"placement does not fit placement.nodes: {'; '.join(misfits)}")
             return
         run_dir = cfg.run.output_dir / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         report = _train(cfg, run_dir, quiet)
@@ -69,13 +95,142 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> 
     typer.echo(str(out))
 
 
-def _train(cfg: Any, run_dir: Path, quiet: bool) -> Path:
+_ADDRESS_HELP = "Ray dashboard (Jobs API) address, e.g. http://HEAD:8265; default $RAY_ADDRESS"
+
+
+@app.command()
+def launch(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/omni-thinker-7b.yaml")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted overrides key=value")
+    ] = None,
+    address: Annotated[str | None, typer.Option("--address", help=_ADDRESS_HELP)] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="KEY=VALUE for the job (repeatable)")
+    ] = None,
+    pip: Annotated[
+        list[str] | None,
+        typer.Option("--pip", help="requirement or requirements.txt to install (repeatable)"),
+    ] = None,
+    working_dir: Annotated[
+        Path | None,
+        typer.Option("--working-dir", help="directory uploaded with the job; default: project"),
+    ] = None,
+    job_id: Annotated[
+        str | None, typer.Option("--job-id", help="submission id; default: generated")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="the cluster validates and prints, no training")
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="stream the logs until the job ends")
+    ] = True,
+) -> None:
+    """Submit a recipe to an existing Ray cluster (Ray Jobs API); prints the job id."""
+    from omnisched.orchestration import jobs
+
+    try:
+        spec = jobs.build_job(
+            recipe,
+            overrides or [],
+            working_dir=working_dir,
+            env_vars=jobs.parse_env(env or []),
+            pip=pip or [],
+            submission_id=job_id,
+            dry_run=dry_run,
+        )
+        client = jobs.connect(address)
+        submitted = jobs.submit(client, spec)
+    except OmniError as exc:
+        _fail(exc)
+    console.print(f"submitted job {submitted} to {client.get_address()}", highlight=False)
+    typer.echo(submitted)
+    if follow:
+        _follow(client, submitted)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(help="job id printed by `omnisched launch`")],
+    address: Annotated[str | None, typer.Option("--address", help=_ADDRESS_HELP)] = None,
+) -> None:
+    """Print a launched job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from omnisched.orchestration import jobs
+
+    try:
+        info = jobs.job_info(jobs.connect(address), job_id)
+    except OmniError as exc:
+        _fail(exc)
+    typer.echo(f"{job_id}: {info['status']}")
+    if info["message"]:
+        console.print(info["message"], highlight=False, soft_wrap=True)
+
+
+@app.command()
+def stop(
+    job_id: Annotated[str, typer.Argument(help="job id printed by `omnisched launch`")],
+    address: Annotated[str | None, typer.Option("--address", help=_ADDRESS_HELP)] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="wait until the job has ended")
+    ] = True,
+) -> None:
+    """Stop a launched job."""
+    from omnisched.orchestration import jobs
+
+    try:
+        client = jobs.connect(address)
+        if not jobs.stop(client, job_id):
+            console.print(f"job {job_id} had already ended", highlight=False)
+        final = jobs.wait(client, job_id, timeout_s=120.0) if wait else "stop requested"
+    except OmniError as exc:
+        _fail(exc)
+    typer.echo(f"{job_id}: {final}")
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="job id printed by `omnisched launch`")],
+    address: Annotated[str | None, typer.Option("--address", help=_ADDRESS_HELP)] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="keep streaming until the job ends")
+    ] = False,
+) -> None:
+    """Print a launched job's logs."""
+    from omnisched.orchestration import jobs
+
+    try:
+        client = jobs.connect(address)
+        if not follow:
+            typer.echo(jobs.job_logs(client, job_id), nl=False)
+            return
+    except OmniError as exc:
+        _fail(exc)
+    _follow(client, job_id)
+
+
+def _follow(client: Any, job_id: str) -> None:
+    """Stream a job's logs; exit 1 unless it SUCCEEDED. Ctrl-C leaves the job running."""
+    from omnisched.orchestration import jobs
+
+    try:
+        final = jobs.follow(client, job_id, lambda text: typer.echo(text, nl=False))
+    except OmniError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        console.print(f"stopped following; job {job_id} keeps running (omnisched stop {job_id})")
+        raise typer.Exit(code=130) from None
+    console.print(f"job {job_id}: {final}", highlight=False)
+    if final != "SUCCEEDED":
+        raise typer.Exit(code=1)
+
+
+def _train(cfg: Any, run_dir: Path, quiet: bool, resume: bool = False) -> Path:
     from omnisched.orchestration.controller import Controller
 
     torch_threads = str(cfg.run.threads)
     os.environ.setdefault("OMP_NUM_THREADS", torch_threads)
     if quiet:
-        return Controller(cfg, run_dir).run()
+        return Controller(cfg, run_dir, resume=resume).run()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -86,7 +241,7 @@ def _train(cfg: Any, run_dir: Path, quiet: bool) -> Path:
         transient=False,
     ) as bar:
         view = _ProgressView(bar)
-        return Controller(cfg, run_dir, progress=view).run()
+        return Controller(cfg, run_dir, progress=view, resume=resume).run()
 
 
 class _ProgressView:

@@ -18,6 +18,7 @@ SMALL = [
     "model.warm_start.steps=40",
     "model.warm_start.batch_size=32",
     "model.warm_start.examples_per_domain=200",
+    *(f"domains.{i}.demos=200" for i in range(4)),
     "domains.0.eval_size=8",
     "domains.1.eval_size=8",
     "domains.2.eval_size=8",
@@ -114,3 +115,31 @@ def test_the_ray_driver_does_not_load_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_mixture_counts_split_by_largest_remainder():
+    from omnisched.orchestration.controller import mixture_counts
+
+    assert mixture_counts({"a": 0.5, "b": 0.3, "c": 0.2}, 16) == {"a": 8, "b": 5, "c": 3}
+    assert sum(mixture_counts({"a": 1, "b": 1, "c": 1}, 16).values()) == 16
+    with pytest.raises(ValueError):
+        mixture_counts({"a": 0.0}, 4)
+
+
+@pytest.mark.slow
+def test_bandit_reweights_domains_every_step_inline(tmp_path):
+    run_dir = _run(
+        tmp_path,
+        "recipes/tiny.yaml",
+        "schedule.policy=bandit",
+        "ray.enabled=false",
+        "schedule.phases=1",
+        "schedule.steps_per_phase=4",
+        "schedule.prompts_per_step=8",
+    )
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    counts = [[r[f"prompts/{d}"] for d in ("math", "code", "qa", "creative")] for r in train]
+    assert all(sum(c) == 8 for c in counts)
+    state = json.loads((run_dir / "scheduler_state.json").read_text())
+    assert state["policy"] == "bandit" and state["phases"][0]["mixture"]

@@ -1,5 +1,9 @@
 """Scheduler state: persistence round trip, R/BWT/FWT from records, resume keeps the decision."""
 
+import json
+
+import pytest
+
 from omnisched.config.schema import ScheduleConfig
 from omnisched.metrics import write_report
 from omnisched.orchestration.services import SchedulerService
@@ -91,3 +95,84 @@ def test_cli_report_regenerates_and_rejects_non_run_dirs(tmp_path):
     )
     assert bad.returncode == 2 and "no scheduler_state.json" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# ---- resume after phase k gives exactly the uninterrupted decision ----------------------------
+def _world_eval(k: int) -> Evaluation:
+    """A deterministic, phase-dependent evaluation (values differ per phase and domain)."""
+    acc = {"math": 0.2 + 0.07 * k, "code": 0.5 - 0.05 * k, "qa": 0.3 + 0.03 * (k % 2)}
+    return Evaluation(acc, {"math": 0.5 - 0.02 * k, "code": 0.4, "qa": 1.1 + 0.01 * k})
+
+
+def _service(path, policy, probe_steps=0, state=None):
+    kinds = {"math": "structured", "code": "structured", "qa": "open"}
+    state = state or SchedulerState(list(kinds), kinds, policy, 5)
+    cfg = ScheduleConfig(policy=policy, steps_per_phase=10, probe_steps=probe_steps)
+    return SchedulerService(state, cfg, str(path))
+
+
+def _step_stats(step: int) -> dict:
+    return {"reward/math": min(1.0, 0.1 + 0.04 * step), "reward/code": 0.9, "reward/qa": 0.5}
+
+
+def _advance(svc, k: int) -> None:
+    """Run phases 0..k of an uninterrupted run, driving online policies step by step."""
+    dec = svc.next_phase()
+    steps = dec.steps or 10
+    for s in range(steps):
+        if dec.mixture is not None:
+            svc.observe_step(k * 100 + s, _step_stats(k * 10 + s))
+    svc.finish_phase(steps, _world_eval(k + 1))
+
+
+@pytest.mark.parametrize(("policy", "probe_steps"), [("bwt", 0), ("bwt", 3), ("bandit", 0)])
+@pytest.mark.parametrize("k", [0, 2, 4])
+def test_resume_after_phase_k_gives_the_uninterrupted_decision(tmp_path, policy, probe_steps, k):
+    a = _service(tmp_path / "a.json", policy, probe_steps)
+    a.record_baseline(_world_eval(0))
+    for j in range(k + 1):
+        _advance(a, j)
+    snapshot = SchedulerState.load(tmp_path / "a.json")  # the process dies after phase k
+    b = _service(tmp_path / "b.json", policy, probe_steps, state=snapshot)
+    expected, got = a.next_phase(), b.next_phase()
+    assert got == expected
+    assert a.get_state() == b.get_state()
+    if policy == "bandit":
+        assert got.mixture is not None and b.state.bandit is not None
+        assert a.observe_step(10_000, _step_stats(3)) == b.observe_step(10_000, _step_stats(3))
+
+
+def test_bandit_resume_mid_phase_continues_the_mixture_and_ignores_replays(tmp_path):
+    a = _service(tmp_path / "a.json", "bandit")
+    a.record_baseline(_world_eval(0))
+    a.next_phase()
+    for s in range(6):
+        a.observe_step(s, _step_stats(s))
+    b = _service(tmp_path / "b.json", "bandit", state=SchedulerState.load(tmp_path / "a.json"))
+    resumed = b.next_phase()  # the open phase's decision, with its latest mixture
+    assert resumed.mixture == a.state.phases[-1].mixture
+    assert len(b.state.phases) == 1
+    before = b.get_state()
+    assert b.observe_step(5, _step_stats(5)) == resumed.mixture  # replayed step: no change
+    assert b.get_state() == before
+    assert a.observe_step(6, _step_stats(6)) == b.observe_step(6, _step_stats(6))
+
+
+def test_state_file_persists_transfer_entropy_and_bandit(tmp_path):
+    svc = _service(tmp_path / "s.json", "bandit")
+    svc.record_baseline(_world_eval(0))
+    _advance(svc, 0)
+    raw = json.loads((tmp_path / "s.json").read_text())
+    assert raw["bandit"]["last_step"] == 9 and set(raw["bandit"]["weights"]) == {
+        "math",
+        "code",
+        "qa",
+    }
+    assert raw["phases"][0]["exposure"]["math"] > 0
+    assert set(raw["entropy_trend"]) == {"math", "code", "qa"}
+    assert raw["D"] == {}  # only mixed phases so far: no single-domain row
+    old = {k: v for k, v in raw.items() if k not in {"bandit", "choices"}}  # a pre-bandit file
+    for p in old["phases"]:
+        for key in ("probe", "planned_order", "mixture", "exposure"):
+            p.pop(key)
+    assert SchedulerState.from_dict(old).bandit is None

@@ -17,6 +17,9 @@ class RunConfig(Strict):
     output_dir: Path = Path("runs")
     seed: int = 0
     threads: int = Field(2, ge=1, description="torch intra-op threads per process")
+    checkpoint_every: int = Field(
+        10, ge=0, description="GRPO steps between resumable checkpoints (0: phase ends only)"
+    )
 
 
 class TinyModelConfig(Strict):
@@ -111,10 +114,21 @@ class RolloutConfig(Strict):
     backend: str = "hf"
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per engine; fractions share one")
+    tensor_parallel: int = Field(1, ge=1, description="GPUs one engine shards the model over")
     group_size: int = Field(8, ge=2, description="G completions per prompt")
     max_new_tokens: int = Field(24, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _tensor_parallel_gpus(self) -> RolloutConfig:
+        if self.tensor_parallel > 1 and self.gpus_per_worker != self.tensor_parallel:
+            raise ValueError(
+                f"rollout.tensor_parallel={self.tensor_parallel} needs rollout.gpus_per_worker="
+                f"{self.tensor_parallel} (one GPU per shard), got {self.gpus_per_worker:g}"
+            )
+        return self
 
 
 class LearnerConfig(Strict):
@@ -139,6 +153,12 @@ class ScheduleConfig(Strict):
     phases: int | None = Field(None, ge=1, description="number of phases; None = one per domain")
     steps_per_phase: int = Field(20, ge=1)
     prompts_per_step: int = Field(16, ge=1)
+    probe_steps: int = Field(
+        0,
+        ge=0,
+        description="bwt policy: > 0 runs a short probe phase of this many steps on every domain "
+        "first, to measure transfer before planning (adds len(domains) phases)",
+    )
 
 
 class EvalConfig(Strict):
@@ -160,6 +180,27 @@ class RayConfig(Strict):
     reward_timeout_s: float = Field(10.0, gt=0, description="per-item verifier timeout")
 
 
+class PlacementConfig(Strict):
+    """Where the learner runs and how it shares the cluster with the rollout engines.
+
+    `colocate: true` puts rollout engines and learner ranks on the same GPUs (one placement-group
+    bundle per learner rank, engines time-share it), so both must use the same number of GPUs.
+    `nodes` / `gpus_per_node` / `cpus_per_node` describe the cluster the recipe is written for:
+    `omnisched run --dry-run` then checks that the placement fits it, on any laptop.
+    """
+
+    learner_workers: int = Field(1, ge=1, description="data-parallel learner ranks (ZeRO world)")
+    learner_gpus_per_worker: float = Field(0.0, ge=0)
+    learner_cpus_per_worker: float = Field(1.0, gt=0)
+    colocate: bool = False
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy for the bundles"
+    )
+    nodes: int | None = Field(None, ge=1, description="nodes of the target cluster; None: unknown")
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_node: int | None = Field(None, ge=1, description="None: CPUs are not checked")
+
+
 class Recipe(Strict):
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
@@ -169,6 +210,21 @@ class Recipe(Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
+    placement: PlacementConfig = PlacementConfig()
+
+    @model_validator(mode="after")
+    def _colocation_gpus(self) -> Recipe:
+        if not self.placement.colocate:
+            return self
+        rollout = self.rollout.num_workers * self.rollout.gpus_per_worker
+        learner = self.placement.learner_workers * self.placement.learner_gpus_per_worker
+        if rollout != learner or learner == 0:
+            raise ValueError(
+                f"placement.colocate needs the same non-zero GPU count for rollout "
+                f"(num_workers x gpus_per_worker = {rollout:g}) and learner "
+                f"(learner_workers x learner_gpus_per_worker = {learner:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:

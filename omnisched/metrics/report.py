@@ -1,12 +1,25 @@
-"""report.md for a run: R matrix, BWT, FWT, entropy per domain per phase, decisions, plots."""
+"""report.md for a run: R matrix, BWT, FWT, transfer D, entropy, forgetting, decisions, plots.
+
+Everything is derived from the scheduler state (scheduler_state.json), so `omnisched report
+RUN_DIR` regenerates the same report and plots after the run.
+"""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 from omnisched.metrics.logger import read_metrics
-from omnisched.schedule.state import SchedulerState
-from omnisched.schedule.transfer import sample_forgetting
+from omnisched.schedule.prediction import prediction_error
+from omnisched.schedule.state import Evaluation, SchedulerState
+from omnisched.schedule.transfer import (
+    bwt_curve,
+    chance_adjusted_forgetting,
+    sample_forgetting,
+)
+
+CORRECT = 0.5  # an eval item counts as correct when its (avg@k) score reaches this
 
 
 def write_report(run_dir: Path, state: SchedulerState, title: str = "omnisched run") -> Path:
@@ -16,25 +29,25 @@ def write_report(run_dir: Path, state: SchedulerState, title: str = "omnisched r
     lines += _table(state, "accuracy")
     lines += ["", "## Entropy (mean per-token, nats)", ""]
     lines += _table(state, "entropy")
+    lines += _entropy_trends(state)
     lines += ["", "## Transfer", ""]
     bwt, fwt = state.bwt(), state.fwt()
     lines.append(
         f"- BWT: {_fmt(bwt)}" + ("" if bwt is not None else " (needs >= 2 single-domain phases)")
     )
     lines.append(f"- FWT: {_fmt(fwt)}")
+    curve = _bwt_over_phases(state)
+    if curve:
+        lines.append("- BWT after each phase: " + ", ".join(f"{_fmt(b)}" for b in curve))
     lines += _own_phase_gains(state)
+    lines += _transfer_matrix(state)
     lines += _forgetting(state)
-    lines += ["", "## Decisions", ""]
-    for p in state.phases:
-        lines.append(
-            f"- phase {p.index}: trained {', '.join(p.trained)} ({p.steps} steps): {p.reason}"
-        )
-        if p.predicted_final:
-            pred = ", ".join(f"{d} {v:.3f}" for d, v in p.predicted_final.items())
-            lines.append(f"  - predicted final accuracy: {pred}")
-    plot = _plot(run_dir, state)
-    if plot:
-        lines += ["", "## Curves", "", f"![accuracy and entropy per phase]({plot.name})"]
+    lines += _decisions(state)
+    lines += _prediction_check(state)
+    plots = [p for p in (_plot_phases(run_dir, state), _plot_heatmaps(run_dir, state)) if p]
+    if plots:
+        lines += ["", "## Curves", ""]
+        lines += [f"![{p.stem}]({p.name})" for p in plots]
     timing = _timing(run_dir)
     if timing:
         lines += ["", "## Timing", "", *timing]
@@ -43,11 +56,19 @@ def write_report(run_dir: Path, state: SchedulerState, title: str = "omnisched r
     return out
 
 
-def _rows(state: SchedulerState):
+# ---- tables -----------------------------------------------------------------------------------
+def _label(p) -> str:
+    trained = "+".join(p.trained) if len(p.trained) < 3 else "joint"
+    if p.mixture is not None:
+        trained = "mixture"
+    return f"{p.index}: {trained}" + (" (probe)" if p.probe else "")
+
+
+def _rows(state: SchedulerState) -> Iterator[tuple[str, Evaluation]]:
     if state.baseline is not None:
         yield "base", state.baseline
     for p in state.completed():
-        yield f"{p.index}: {'+'.join(p.trained) if len(p.trained) < 3 else 'joint'}", p.result
+        yield _label(p), p.result  # type: ignore[misc]
 
 
 def _table(state: SchedulerState, field: str) -> list[str]:
@@ -59,6 +80,23 @@ def _table(state: SchedulerState, field: str) -> list[str]:
         cells = " | ".join(f"{v:.3f}" for v in vals)
         out.append(f"| {label} | {cells} | {sum(vals) / len(vals):.3f} |")
     return out
+
+
+def _entropy_trends(state: SchedulerState) -> list[str]:
+    trends = state.entropy_trends()
+    if not any(len(s) >= 2 for s in state.entropy_history().values()):
+        return []
+    out = ["", "| domain | kind | slope per phase | change from baseline |", "|---|---|---|---|"]
+    for d, t in trends.items():
+        rel = t["relative_change"]
+        rel_s = "n/a" if rel is None else f"{rel:+.1%}"
+        out.append(f"| {d} | {state.kinds.get(d, '?')} | {t['slope']:+.4f} | {rel_s} |")
+    return out
+
+
+def _bwt_over_phases(state: SchedulerState) -> list[float]:
+    R = state.R_trained_order()
+    return bwt_curve(R) if R else []
 
 
 def _own_phase_gains(state: SchedulerState) -> list[str]:
@@ -75,16 +113,122 @@ def _own_phase_gains(state: SchedulerState) -> list[str]:
     return out
 
 
+def _transfer_matrix(state: SchedulerState) -> list[str]:
+    D = state.transfer_matrix()
+    if not D:
+        return []
+    out = [
+        "",
+        "Pairwise transfer D[a][b]: mean change of b's accuracy over a phase that trained a alone "
+        "(diagonal: own gain; probes not rescaled here):",
+        "",
+        "| trained a \\ b | " + " | ".join(state.domains) + " |",
+        "|---" * (len(state.domains) + 1) + "|",
+    ]
+    for a in state.domains:
+        if a in D:
+            out.append(f"| {a} | " + " | ".join(f"{D[a][b]:+.3f}" for b in state.domains) + " |")
+    return out
+
+
+def _binary(scores: list[float]) -> list[int]:
+    return [int(x >= CORRECT) for x in scores]
+
+
 def _forgetting(state: SchedulerState) -> list[str]:
     first, last = state.baseline, state.current()
     if first is None or last is None or first is last:
         return []
-    out = ["", "Sample-wise transitions, base -> final (item correct = score >= 0.5):", ""]
+    out = [
+        "",
+        f"Sample-wise transitions, base -> final (item correct = score >= {CORRECT}); "
+        "chance-adjusted for multiple-choice domains (k options, guess rate 1/k):",
+        "",
+        "| domain | items | forgotten 1->0 | gained 0->1 | forgotten (adj.) | gained (adj.) |",
+        "|---|---|---|---|---|---|",
+    ]
     for d in state.domains:
         a, b = first.items.get(d), last.items.get(d)
-        if a and b and len(a) == len(b):
-            t = sample_forgetting([int(x >= 0.5) for x in a], [int(x >= 0.5) for x in b])
-            out.append(f"- {d}: forgotten {t['forgotten']}, gained {t['gained']} of {t['items']}")
+        if not (a and b and len(a) == len(b)):
+            continue
+        t = sample_forgetting(_binary(a), _binary(b))
+        adj = ["n/a", "n/a"]
+        if d in state.choices:
+            c = chance_adjusted_forgetting(_binary(a), _binary(b), state.choices[d])
+            adj = [f"{c['forgotten']:.1f}", f"{c['gained']:.1f}"]
+        out.append(
+            f"| {d} | {t['items']} | {t['forgotten']} | {t['gained']} | {adj[0]} | {adj[1]} |"
+        )
+    out += _forgetting_per_phase(state)
+    return out
+
+
+def _forgetting_per_phase(state: SchedulerState) -> list[str]:
+    """forgotten/gained per domain across each phase: where the forgetting happened."""
+    rows = list(_rows(state))
+    if len(rows) < 3:
+        return []
+    out = ["", "Per phase (forgotten/gained):", ""]
+    out += [
+        "| phase | " + " | ".join(state.domains) + " |",
+        "|---" * (len(state.domains) + 1) + "|",
+    ]
+    for (_, prev), (label, ev) in itertools.pairwise(rows):
+        cells = []
+        for d in state.domains:
+            a, b = prev.items.get(d), ev.items.get(d)
+            if a and b and len(a) == len(b):
+                t = sample_forgetting(_binary(a), _binary(b))
+                cells.append(f"{t['forgotten']}/{t['gained']}")
+            else:
+                cells.append("n/a")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _decisions(state: SchedulerState) -> list[str]:
+    out = ["", "## Decisions", ""]
+    trained = [p.trained[0] for p in state.phases if len(p.trained) == 1 and not p.probe]
+    if trained:
+        out.append(f"Chosen order: {' -> '.join(trained)}")
+        out.append("")
+    for p in state.phases:
+        kind = "probe on" if p.probe else "trained"
+        out.append(
+            f"- phase {p.index}: {kind} {', '.join(p.trained)} ({p.steps} steps): {p.reason}"
+        )
+        if p.planned_order:
+            out.append(f"  - planned order: {' -> '.join(p.planned_order)}")
+        if p.predicted_final:
+            pred = ", ".join(f"{d} {v:.3f}" for d, v in p.predicted_final.items())
+            out.append(f"  - predicted final accuracy: {pred}")
+        if p.mixture:
+            mix = ", ".join(f"{d} {w:.2f}" for d, w in p.mixture.items())
+            out.append(f"  - last sampling mixture: {mix}")
+    return out
+
+
+def _prediction_check(state: SchedulerState) -> list[str]:
+    """Each decision's predicted final accuracies next to the last measured ones, with MAE."""
+    preds = [p for p in state.phases if p.predicted_final]
+    last = state.current()
+    if not preds or last is None or not state.completed():
+        return []
+    heads = [f"predicted at phase {p.index}" for p in preds]
+    out = [
+        "",
+        "## Prediction check",
+        "",
+        f"Planner predictions vs measured accuracy after phase {state.completed()[-1].index}:",
+        "",
+        "| domain | " + " | ".join(heads) + " | measured |",
+        "|---" * (len(preds) + 2) + "|",
+    ]
+    for d in state.domains:
+        cells = [f"{p.predicted_final[d]:.3f}" if d in p.predicted_final else "n/a" for p in preds]  # type: ignore[index,operator]
+        out.append(f"| {d} | " + " | ".join(cells) + f" | {last.accuracy[d]:.3f} |")
+    maes = [prediction_error(p.predicted_final, last.accuracy)["mae"] for p in preds]  # type: ignore[arg-type]
+    out.append("| MAE | " + " | ".join(f"{m:.3f}" for m in maes) + " | |")
     return out
 
 
@@ -93,16 +237,23 @@ def _timing(run_dir: Path) -> list[str]:
     return [f"- {k}: {v:.1f} s" for r in rows for k, v in r.items() if k.endswith("_s")]
 
 
-def _plot(run_dir: Path, state: SchedulerState) -> Path | None:
-    rows = list(_rows(state))
-    if len(rows) < 2:
-        return None
+# ---- plots ------------------------------------------------------------------------------------
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    return plt
+
+
+def _plot_phases(run_dir: Path, state: SchedulerState) -> Path | None:
+    """Accuracy, entropy and BWT per phase, one line per domain."""
+    rows = list(_rows(state))
+    if len(rows) < 2:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
     for d in state.domains:
         axes[0].plot([ev.accuracy[d] for _, ev in rows], marker="o", label=d)
         axes[1].plot([ev.entropy[d] for _, ev in rows], marker="o", label=d)
@@ -111,11 +262,56 @@ def _plot(run_dir: Path, state: SchedulerState) -> Path | None:
         ax.set_xlabel("after phase")
         ax.set_title(name)
     axes[0].legend(fontsize=8)
+    curve = _bwt_over_phases(state)
+    if curve:
+        axes[2].plot(range(1, len(curve) + 1), curve, marker="o", color="black")
+        axes[2].axhline(0.0, color="grey", linewidth=0.8)
+        axes[2].set_xticks(range(1, len(curve) + 1))
+    else:
+        axes[2].text(0.5, 0.5, "BWT needs single-domain phases", ha="center", va="center")
+    axes[2].set_xlabel("after phase")
+    axes[2].set_title("BWT")
     fig.tight_layout()
     path = run_dir / "phases.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _plot_heatmaps(run_dir: Path, state: SchedulerState) -> Path | None:
+    """Heatmaps of R (evaluation x domain) and D (trained domain x affected domain)."""
+    rows = list(_rows(state))
+    if len(rows) < 2:
+        return None
+    D = state.transfer_matrix()
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * max(len(rows), 4) + 1.5))
+    R = [[ev.accuracy[d] for d in state.domains] for _, ev in rows]
+    _heatmap(axes[0], R, [label for label, _ in rows], state.domains, "R: accuracy", 0.0, 1.0)
+    trained = [a for a in state.domains if a in D]
+    if trained:
+        grid = [[D[a][b] for b in state.domains] for a in trained]
+        span = max(0.05, *(abs(v) for row in grid for v in row))
+        _heatmap(axes[1], grid, trained, state.domains, "D[a][b]: transfer", -span, span, "RdBu")
+    else:
+        axes[1].text(0.5, 0.5, "D needs single-domain phases", ha="center", va="center")
+        axes[1].set_axis_off()
+    fig.tight_layout()
+    path = run_dir / "heatmaps.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _heatmap(ax, grid, ylabels, xlabels, title, vmin, vmax, cmap="viridis") -> None:
+    im = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(xlabels)), xlabels)
+    ax.set_yticks(range(len(ylabels)), ylabels)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title(title)
+    ax.figure.colorbar(im, ax=ax)
 
 
 def _fmt(x: float | None) -> str:

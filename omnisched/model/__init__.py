@@ -20,4 +20,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'omnisched.model' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+    value = getattr(import_module(_EXPORTS[name]), name)
+    # importing omnisched.model.warm_start binds the *submodule* to the package attribute of the
+    # same name; pin the exported function over it so later imports see the function
+    globals()[name] = value
+    return value

@@ -5,6 +5,7 @@ The controller only uses `spawn`, `call` and `gather`, so the same loop runs on 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any, Protocol
@@ -32,6 +33,14 @@ class Backend(Protocol):
 
     def put(self, obj: Any) -> Any: ...
 
+    def is_worker_failure(self, exc: BaseException) -> bool:
+        """Whether `exc` means a worker process died (restart it) rather than a bug (re-raise)."""
+        ...
+
+    def alive(self, worker: Any) -> bool: ...
+
+    def kill(self, worker: Any) -> None: ...
+
     def shutdown(self) -> None: ...
 
 
@@ -55,6 +64,15 @@ class InlineBackend:
 
     def put(self, obj: Any) -> Any:
         return obj
+
+    def is_worker_failure(self, exc: BaseException) -> bool:
+        return False  # inline workers share the driver's process: nothing to restart
+
+    def alive(self, worker: Any) -> bool:
+        return True
+
+    def kill(self, worker: Any) -> None:
+        return None
 
     def shutdown(self) -> None:
         return None
@@ -99,6 +117,22 @@ class RayBackend:
 
     def put(self, obj: Any) -> Any:
         return self.ray.put(obj)
+
+    def is_worker_failure(self, exc: BaseException) -> bool:
+        from ray.exceptions import RayActorError, WorkerCrashedError
+
+        return isinstance(exc, RayActorError | WorkerCrashedError)
+
+    def alive(self, worker: Any) -> bool:
+        try:
+            self.ray.get(worker.__ray_ready__.remote(), timeout=30)
+            return True
+        except Exception:  # dead, restarting or unreachable: replace it
+            return False
+
+    def kill(self, worker: Any) -> None:
+        with contextlib.suppress(Exception):
+            self.ray.kill(worker, no_restart=True)
 
     def shutdown(self) -> None:
         if self._owns_ray:

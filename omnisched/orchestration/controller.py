@@ -27,6 +27,7 @@ from omnisched.learner.base import ScoredGroup
 from omnisched.metrics import MetricsLogger, write_report
 from omnisched.model import cache as model_cache
 from omnisched.orchestration.backend import Backend, make_backend
+from omnisched.orchestration.checkpoint import latest_checkpoint, truncate_metrics, write_checkpoint
 from omnisched.orchestration.services import RewardWorker, SchedulerService
 from omnisched.orchestration.workers import LearnerWorker, RolloutWorker
 from omnisched.rollout.base import Completion, SamplingParams
@@ -34,6 +35,19 @@ from omnisched.schedule.state import Evaluation, SchedulerState
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, dict[str, Any]], None]
+
+
+def mixture_counts(weights: dict[str, float], n: int) -> dict[str, int]:
+    """Split n prompts by weights with the largest-remainder method (counts sum to n)."""
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"mixture weights must have a positive sum, got {weights}")
+    exact = {d: n * w / total for d, w in weights.items()}
+    counts = {d: int(x) for d, x in exact.items()}
+    by_remainder = sorted(exact, key=lambda d: exact[d] - counts[d], reverse=True)
+    for d in by_remainder[: n - sum(counts.values())]:
+        counts[d] += 1
+    return counts
 
 
 def release_freed_memory() -> None:
@@ -44,9 +58,18 @@ def release_freed_memory() -> None:
 
 
 class Controller:
-    def __init__(self, recipe: Recipe, run_dir: Path, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        progress: Progress | None = None,
+        resume: bool = False,
+    ) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.restarts = {"rollout": 0, "reward": 0}
+        self.ckpt_root = self.run_dir / "checkpoints"
         self.progress = progress or (lambda event, info: None)
         self.rng = random.Random(recipe.run.seed)
         self.domains: dict[str, Domain] = {
@@ -64,49 +87,134 @@ class Controller:
         t0 = time.perf_counter()
         self.model_path = self.warm_start()
         self.timings["warm_start_s"] = time.perf_counter() - t0
-        threads = r.run.threads
-        self.rollout = [
-            backend.spawn(
-                RolloutWorker,
-                r.rollout.backend,
-                self.model_path,
-                r.model.dtype,
-                threads,
-                num_cpus=r.rollout.cpus_per_worker,
-            )
-            for _ in range(r.rollout.num_workers)
-        ]
-        specs = {name: dom.reward for name, dom in self.domains.items()}
-        self.rewarders = [
-            backend.spawn(
-                RewardWorker, specs, r.ray.reward_concurrency, r.ray.reward_timeout_s, num_cpus=0.5
-            )
-            for _ in range(r.ray.reward_workers)
-        ]
+        self.start = self._restore() if self.resume else None
+        weights = str(self.start[0]) if self.start else self.model_path
+        self.rollout = [self._spawn_rollout(weights) for _ in range(r.rollout.num_workers)]
+        self.rewarders = [self._spawn_rewarder() for _ in range(r.ray.reward_workers)]
         self.learner = backend.spawn(
             LearnerWorker,
             r.learner.backend,
-            self.model_path,
+            weights,
             r.learner,
-            threads,
+            r.run.threads,
             r.run.seed,
             r.rollout.max_new_tokens,
             num_cpus=1,
         )
-        state = SchedulerState(
-            domains=list(self.domains),
-            kinds={n: d.kind for n, d in self.domains.items()},
-            policy=r.schedule.policy,
-            total_phases=r.schedule.phases or len(self.domains),
-        )
+        if self.start:
+            self._ask(self.learner, "load_trainer_state", weights)
+        state_path = self.run_dir / "scheduler_state.json"
+        if self.resume and state_path.is_file():
+            state = SchedulerState.load(state_path)
+        else:
+            state = SchedulerState(
+                domains=list(self.domains),
+                kinds={n: d.kind for n, d in self.domains.items()},
+                policy=r.schedule.policy,
+                total_phases=r.schedule.phases or len(self.domains),
+            )
         self.scheduler = backend.spawn(
-            SchedulerService,
-            state,
-            r.schedule,
-            str(self.run_dir / "scheduler_state.json"),
-            num_cpus=0,
+            SchedulerService, state, r.schedule, str(state_path), num_cpus=0
         )
         self.metrics = MetricsLogger(self.run_dir)
+
+    def _spawn_rollout(self, weights: str) -> Any:
+        r = self.recipe
+        return self.backend.spawn(
+            RolloutWorker,
+            r.rollout.backend,
+            weights,
+            r.model.dtype,
+            r.run.threads,
+            num_cpus=r.rollout.cpus_per_worker,
+        )
+
+    def _spawn_rewarder(self) -> Any:
+        r = self.recipe
+        specs = {name: dom.reward for name, dom in self.domains.items()}
+        return self.backend.spawn(
+            RewardWorker, specs, r.ray.reward_concurrency, r.ray.reward_timeout_s, num_cpus=0.5
+        )
+
+    # ---- checkpoints and resume -------------------------------------------------------------
+    def _restore(self) -> tuple[Path, dict[str, Any]] | None:
+        """Load the latest step checkpoint's controller state and cut metrics.jsonl back to it.
+        Without a checkpoint the run starts over in the same directory."""
+        found = latest_checkpoint(self.ckpt_root)
+        state_path = self.run_dir / "scheduler_state.json"
+        if found is None:
+            state_path.unlink(missing_ok=True)
+            truncate_metrics(self.run_dir / "metrics.jsonl", 0, [])
+            log.warning("resume: no checkpoint in %s; starting the run over", self.ckpt_root)
+            return None
+        path, ctl = found
+        self.step = ctl["step"]
+        self.timings.update(ctl.get("timings", {}))
+        version, internal, gauss = ctl["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        sched = SchedulerState.load(state_path) if state_path.is_file() else None
+        done = len(sched.completed()) if sched else 0
+        labels = (["base"] if sched and sched.baseline else []) + [
+            f"phase-{k}" for k in range(done)
+        ]
+        kept, dropped = truncate_metrics(self.run_dir / "metrics.jsonl", self.step, labels)
+        log.warning(
+            "resume: %s at step %d (phase %d, step %d of it); metrics kept %d, dropped %d",
+            path.name,
+            self.step,
+            ctl["phase"],
+            ctl["step_in_phase"],
+            kept,
+            dropped,
+        )
+        self.progress("resume", {"step": self.step, "checkpoint": str(path)})
+        return path, ctl
+
+    def checkpoint(self, phase: int, step_in_phase: int) -> None:
+        state = {
+            "step": self.step,
+            "phase": phase,
+            "step_in_phase": step_in_phase,
+            "rng": list(self.rng.getstate()),
+            "timings": self.timings,
+        }
+        write_checkpoint(
+            self.ckpt_root,
+            self.step,
+            state,
+            lambda tmp: self._ask(self.learner, "save_checkpoint", tmp),
+        )
+
+    # ---- fault tolerance ---------------------------------------------------------------------
+    def _gather_pool(self, pool: str, calls: list[tuple[int, str, tuple]]) -> list[Any]:
+        """Run `calls` (worker index, method, args) on the rollout or reward pool; when a worker
+        process died, replace the dead workers (re-syncing rollout weights) and retry the calls."""
+        workers = self.rollout if pool == "rollout" else self.rewarders
+        for attempt in range(3):
+            futures = [self.backend.call(workers[i], m, *a) for i, m, a in calls]
+            try:
+                return self.backend.gather(futures)
+            except Exception as exc:
+                if attempt == 2 or not self.backend.is_worker_failure(exc):
+                    raise
+                log.warning("a %s worker died (%s); restarting it and retrying", pool, exc)
+                self._replace_dead(pool, workers)
+        raise AssertionError("unreachable")
+
+    def _replace_dead(self, pool: str, workers: list[Any]) -> None:
+        state = None
+        for i, w in enumerate(workers):
+            if self.backend.alive(w):
+                continue
+            self.backend.kill(w)
+            self.restarts[pool] += 1
+            if pool == "rollout":
+                workers[i] = self._spawn_rollout(self.model_path)
+                if state is None:
+                    state = self.backend.put(self._ask(self.learner, "state_dict"))
+                self._ask(workers[i], "update_weights", state)
+            else:
+                workers[i] = self._spawn_rewarder()
 
     def warm_start(self) -> str:
         """The model folder RL starts from. SFT, when the cache misses, runs as a one-off task in
@@ -152,12 +260,9 @@ class Controller:
         """Split prompts over the rollout workers and run them in parallel."""
         k = len(self.rollout)
         chunks = [prompts[i::k] for i in range(k)]
-        futures = [
-            self.backend.call(w, "generate", chunk, params)
-            for w, chunk in zip(self.rollout, chunks)
-            if chunk
-        ]
-        results = self.backend.gather(futures)
+        results = self._gather_pool(
+            "rollout", [(i, "generate", (chunk, params)) for i, chunk in enumerate(chunks) if chunk]
+        )
         out: list[list[Completion]] = [[] for _ in prompts]
         for i, res in enumerate(results):
             out[i::k] = res
@@ -171,8 +276,8 @@ class Controller:
         values, judge counters summed over workers)."""
         k = len(self.rewarders)
         cuts = [len(examples) * j // k for j in range(k + 1)]
-        futures = []
-        for w, (a, b) in zip(self.rewarders, itertools.pairwise(cuts)):
+        calls = []
+        for w, (a, b) in enumerate(itertools.pairwise(cuts)):
             if b <= a:
                 continue
             prompts, texts, columns = [], [], {}
@@ -182,8 +287,8 @@ class Controller:
                     texts.append(c.text)
                     for key, val in ex.columns.items():
                         columns.setdefault(key, []).append(val)
-            futures.append(self.backend.call(w, "score", domain, prompts, texts, columns))
-        batches = self.backend.gather(futures)
+            calls.append((w, "score", (domain, prompts, texts, columns)))
+        batches = self._gather_pool("reward", calls)
         total = [x for b in batches for x in b.total]
         parts: dict[str, list[float]] = {}
         counters: dict[str, int] = {}
@@ -228,16 +333,25 @@ class Controller:
         return Evaluation(accuracy=acc, entropy=ent, items=items)
 
     # ---- training --------------------------------------------------------------------------
-    def draw_prompts(self, domains: list[str]) -> list[tuple[str, Example]]:
+    def draw_prompts(
+        self, domains: list[str], mixture: dict[str, float] | None = None
+    ) -> list[tuple[str, Example]]:
+        """`prompts_per_step` prompts: an even split over `domains`, or split by the online
+        policy's `mixture` weights (largest remainder), in shuffled order."""
         n = self.recipe.schedule.prompts_per_step
-        names = [domains[i % len(domains)] for i in range(n)]
+        if mixture:
+            names = [d for d, k in mixture_counts(mixture, n).items() for _ in range(k)]
+        else:
+            names = [domains[i % len(domains)] for i in range(n)]
         self.rng.shuffle(names)
         return [(d, self.domains[d].train_batch(self.rng, 1)[0]) for d in names]
 
-    def train_step(self, domains: list[str]) -> dict[str, float]:
+    def train_step(
+        self, domains: list[str], mixture: dict[str, float] | None = None
+    ) -> dict[str, float]:
         r = self.recipe
         t0 = time.perf_counter()
-        drawn = self.draw_prompts(domains)
+        drawn = self.draw_prompts(domains, mixture)
         params = SamplingParams(
             n=r.rollout.group_size,
             max_new_tokens=r.rollout.max_new_tokens,
@@ -272,8 +386,8 @@ class Controller:
         trained = int(learn.pop("samples_trained", 0))
         if trained:  # a batch whose groups all tie carried no gradient: weights are unchanged
             state = self.backend.put(self._ask(self.learner, "state_dict"))
-            self.backend.gather(
-                [self.backend.call(w, "update_weights", state) for w in self.rollout]
+            self._gather_pool(
+                "rollout", [(i, "update_weights", (state,)) for i in range(len(self.rollout))]
             )
         t_end = time.perf_counter()
         self.step += 1
@@ -283,6 +397,7 @@ class Controller:
             **{f"learner/{k}": v for k, v in learn.items()},
             "reward/mean": sum(map(sum, rewards)) / sum(map(len, rewards)),
             "samples_trained": trained,
+            **{f"restarts/{k}": v for k, v in self.restarts.items()},
             "completion_len": sum(lengths) / len(lengths),
             "entropy": sum(c.mean_entropy for g in groups for c in g) / len(lengths),
             "time/generate_s": t_gen - t0,
@@ -290,6 +405,7 @@ class Controller:
             "time/learn_sync_s": t_end - t_score,
             "time/step_s": t_end - t0,
             "domains": "+".join(domains),
+            **{f"prompts/{d}": sum(1 for x, _ in drawn if x == d) for d in self.domains},
         }
         self.timings["train_s"] += t_end - t0
         self.metrics.log(self.step, record)
@@ -302,10 +418,19 @@ class Controller:
         backend = make_backend(r.ray)
         try:
             self.setup(backend)
-            self._ask(self.scheduler, "record_baseline", self.evaluate("base"))
-            total_phases = r.schedule.phases or len(self.domains)
-            for phase in range(total_phases):
+            sched = SchedulerState.from_dict(self._ask(self.scheduler, "get_state"))
+            if sched.baseline is None:
+                self._ask(self.scheduler, "record_baseline", self.evaluate("base"))
+            total_phases = self._ask(self.scheduler, "planned_phases")  # + probe phases
+            every = r.run.checkpoint_every
+            first = len(sched.completed())
+            resume_at = 0
+            if self.start and self.start[1]["phase"] == first:
+                resume_at = self.start[1]["step_in_phase"]
+            for phase in range(first, total_phases):
                 decision = self._ask(self.scheduler, "next_phase")
+                steps = decision.steps or r.schedule.steps_per_phase
+                mixture = decision.mixture
                 self.progress(
                     "phase",
                     {
@@ -315,17 +440,18 @@ class Controller:
                         "reason": decision.reason,
                     },
                 )
-                for s in range(r.schedule.steps_per_phase):
-                    rec = self.train_step(decision.domains)
-                    self.progress(
-                        "step",
-                        {"phase": phase, "step": s, "total": r.schedule.steps_per_phase, **rec},
-                    )
-                ckpt = self.run_dir / "checkpoints" / f"phase-{phase}"
-                self._ask(self.learner, "save", str(ckpt))
+                for s in range(resume_at if phase == first else 0, steps):
+                    rec = self.train_step(decision.domains, mixture)
+                    self.progress("step", {"phase": phase, "step": s, "total": steps, **rec})
+                    # online policies (bandit) re-weight the domains after every step
+                    mixture = self._ask(self.scheduler, "observe_step", self.step, rec) or mixture
+                    if every and (s + 1) % every == 0 and s + 1 < steps:
+                        self.checkpoint(phase, s + 1)
+                self._ask(self.learner, "save", str(self.ckpt_root / f"phase-{phase}"))
                 result = self.evaluate(f"phase-{phase}")
-                self._ask(self.scheduler, "finish_phase", r.schedule.steps_per_phase, result)
-            self._ask(self.learner, "save", str(self.run_dir / "checkpoints" / "final"))
+                self._ask(self.scheduler, "finish_phase", steps, result)
+                self.checkpoint(phase + 1, 0)
+            self._ask(self.learner, "save", str(self.ckpt_root / "final"))
             state = SchedulerState.from_dict(self._ask(self.scheduler, "get_state"))
             wall = time.perf_counter() - t_start
             self.metrics.log(self.step, {**self.timings, "wall_s": wall}, kind="timing")

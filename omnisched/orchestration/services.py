@@ -31,6 +31,10 @@ class SchedulerService:
     """The scheduler: records evaluations, asks the policy what to train next, persists state.
 
     Every mutation is saved atomically to `state_path`, so a resumed run restores it exactly.
+    Controller protocol: `record_baseline` once; then `planned_phases()` times: `next_phase()`,
+    `decision.steps or steps_per_phase` train steps (drawing prompts by `decision.mixture` when it
+    is set, calling `observe_step` after each and drawing the next step by what it returns), then
+    `finish_phase(steps_run, evaluation)`.
     """
 
     def __init__(self, state: SchedulerState, cfg: Any, state_path: str) -> None:
@@ -38,6 +42,11 @@ class SchedulerService:
         self.policy = POLICIES.get(state.policy)(cfg)
         self.path = Path(state_path)
         self.state.save(self.path)
+
+    def planned_phases(self) -> int:
+        """Phases the run will have: the recipe's count plus those the policy adds (probes)."""
+        extra = getattr(self.policy, "extra_phases", None)  # optional Policy hook
+        return self.state.total_phases + (extra(self.state) if extra else 0)
 
     def record_baseline(self, evaluation: Evaluation) -> None:
         self.state.baseline = evaluation
@@ -47,7 +56,15 @@ class SchedulerService:
         open_phase = [p for p in self.state.phases if p.result is None]
         if open_phase:  # resumed mid-phase: the decision already made stands
             p = open_phase[0]
-            return Decision(p.trained, p.reason, p.predicted_final)
+            return Decision(
+                p.trained,
+                p.reason,
+                p.predicted_final,
+                mixture=p.mixture,
+                steps=p.steps or None,
+                probe=p.probe,
+                planned_order=p.planned_order,
+            )
         decision = self.policy.next_phase(self.state)
         self.state.phases.append(
             PhaseRecord(
@@ -55,15 +72,33 @@ class SchedulerService:
                 trained=decision.domains,
                 reason=decision.reason,
                 predicted_final=decision.predicted_final,
+                steps=decision.steps or 0,  # planned; finish_phase records the steps run
+                probe=decision.probe,
+                planned_order=decision.planned_order,
+                mixture=decision.mixture,
             )
         )
         self.state.save(self.path)
         return decision
 
+    def observe_step(self, step: int, stats: dict[str, Any]) -> dict[str, float] | None:
+        """Per-step statistics (`reward/<domain>`, `entropy`, `samples_trained`, ...) for online
+        policies; returns the sampling mixture for the next step, None for phase policies."""
+        hook = getattr(self.policy, "observe_step", None)  # optional Policy hook
+        if hook is None:
+            return None
+        numeric = {k: float(v) for k, v in stats.items() if isinstance(v, int | float)}
+        mixture = hook(self.state, step, numeric)
+        self.state.phases[-1].mixture = mixture
+        self.state.save(self.path)
+        return mixture
+
     def finish_phase(self, steps: int, evaluation: Evaluation) -> None:
         phase = self.state.phases[-1]
         phase.steps = steps
         phase.result = evaluation
+        if not phase.exposure:  # fixed phases: prompts split evenly over the trained domains
+            phase.exposure = {d: steps / len(phase.trained) for d in phase.trained}
         self.state.save(self.path)
 
     def get_state(self) -> dict:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # torch loads inside the worker processes only; the driver st
     import torch
 
 log = logging.getLogger(__name__)
+TRAINER_STATE = "trainer_state.pt"
 
 
 def _quiet_worker(threads: int | None) -> None:
@@ -103,3 +104,30 @@ class LearnerWorker:
         self.learner.save(Path(path))
         self.tokenizer.save_pretrained(path)
         return path
+
+    def save_checkpoint(self, path: str) -> str:
+        """The policy as an HF folder plus the optimizer and RNG state, to resume training."""
+        import torch
+
+        self.save(path)
+        optimizer = getattr(self.learner, "optimizer", None)
+        state = {"torch_rng": torch.get_rng_state()}
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
+        torch.save(state, Path(path) / TRAINER_STATE)
+        return path
+
+    def load_trainer_state(self, path: str) -> bool:
+        """Restore what `save_checkpoint` wrote beside the weights (the weights were loaded from
+        the same folder when this worker was built)."""
+        import torch
+
+        file = Path(path) / TRAINER_STATE
+        if not file.is_file():
+            return False
+        state = torch.load(file, weights_only=False)
+        torch.set_rng_state(state["torch_rng"])
+        optimizer = getattr(self.learner, "optimizer", None)
+        if optimizer is not None and "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        return True

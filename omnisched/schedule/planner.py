@@ -54,6 +54,28 @@ def plan_order(
     return list(best), predict_final(best, model)
 
 
+def plan_blocks(
+    blocks: Sequence[Sequence[str]],
+    model: TransferModel,
+    tie_break: Mapping[str, float] | None = None,
+) -> tuple[list[str], dict[str, float]]:
+    """The best order that trains every block before the next (e.g. structured, then open).
+
+    Each block is planned from the accuracies the earlier blocks are predicted to leave. Without
+    clipping this is exact: later blocks shift an earlier block's domains by a sum that does not
+    depend on the later blocks' internal order.
+    """
+    order: list[str] = []
+    current = dict(model.current)
+    for block in blocks:
+        if not block:
+            continue
+        step = TransferModel(current=current, level=model.level, transfer=model.transfer)
+        part, current = plan_order(block, step, tie_break)
+        order += part
+    return order, predict_final(order, model)
+
+
 def _beam(remaining: Sequence[str], key, width: int) -> tuple[str, ...]:
     """Beam search over prefixes, scoring each prefix completed greedily in the given order."""
     beams: list[tuple[str, ...]] = [()]

@@ -8,7 +8,12 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from omnisched.schedule.transfer import backward_transfer, forward_transfer
+from omnisched.schedule.transfer import (
+    backward_transfer,
+    entropy_trend,
+    forward_transfer,
+    transfer_matrix,
+)
 
 
 @dataclass
@@ -28,6 +33,22 @@ class PhaseRecord:
     predicted_final: dict[str, float] | None = None
     steps: int = 0
     result: Evaluation | None = None  # filled at the phase boundary
+    probe: bool = False  # a short phase run only to measure transfer
+    planned_order: list[str] | None = None  # the whole order the decision was taken from
+    mixture: dict[str, float] | None = None  # latest per-step sampling weights (online policies)
+    exposure: dict[str, float] = field(default_factory=dict)  # step-equivalents per domain
+
+
+@dataclass
+class BanditState:
+    """The online mixture policy's memory, persisted so a resumed run continues it exactly."""
+
+    weights: dict[str, float]  # sampling weights for the next step, summing to 1
+    fast: dict[str, float] = field(default_factory=dict)  # short-horizon EMA of reward
+    slow: dict[str, float] = field(default_factory=dict)  # long-horizon EMA of reward
+    transfer: dict[str, float] = field(default_factory=dict)  # arm -> what it gives the others
+    steps: int = 0  # steps observed
+    last_step: int = -1  # controller step id of the last observation (replays are ignored)
 
 
 @dataclass
@@ -38,6 +59,8 @@ class SchedulerState:
     total_phases: int
     baseline: Evaluation | None = None
     phases: list[PhaseRecord] = field(default_factory=list)
+    choices: dict[str, int] = field(default_factory=dict)  # options of multiple-choice domains
+    bandit: BanditState | None = None
 
     # ---- derived measurements -------------------------------------------------------------
     def completed(self) -> list[PhaseRecord]:
@@ -77,12 +100,29 @@ class SchedulerState:
         cols = order + [d for d in self.domains if d not in order]
         return forward_transfer(R, [self.baseline.accuracy[d] for d in cols])
 
+    def transfer_matrix(self, full_steps: int | None = None) -> dict[str, dict[str, float]]:
+        """D[a][b] from the completed phases (see transfer.transfer_matrix); {} without baseline."""
+        if self.baseline is None:
+            return {}
+        runs = [(p.trained, p.steps, p.result.accuracy) for p in self.completed()]  # type: ignore[union-attr]
+        return transfer_matrix(self.baseline.accuracy, runs, full_steps)
+
+    def entropy_history(self) -> dict[str, list[float]]:
+        """Entropy per domain over evaluations: the baseline (if any), then each phase."""
+        evals = ([self.baseline] if self.baseline else []) + [p.result for p in self.completed()]
+        return {d: [e.entropy[d] for e in evals if d in e.entropy] for d in self.domains}  # type: ignore[union-attr]
+
+    def entropy_trends(self) -> dict[str, dict[str, float | None]]:
+        return {d: entropy_trend(s) for d, s in self.entropy_history().items() if s}
+
     # ---- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict:
         out = asdict(self)
         out["R"] = self.R()
         out["BWT"] = self.bwt()
         out["FWT"] = self.fwt()
+        out["D"] = self.transfer_matrix()
+        out["entropy_trend"] = self.entropy_trends()
         return out
 
     @classmethod
@@ -93,6 +133,7 @@ class SchedulerState:
         phases = [
             PhaseRecord(**{**p, "result": ev(p.get("result"))}) for p in data.get("phases", [])
         ]
+        bandit = data.get("bandit")
         return cls(
             domains=list(data["domains"]),
             kinds=dict(data["kinds"]),
@@ -100,6 +141,8 @@ class SchedulerState:
             total_phases=int(data["total_phases"]),
             baseline=ev(data.get("baseline")),
             phases=phases,
+            choices={d: int(k) for d, k in data.get("choices", {}).items()},
+            bandit=BanditState(**bandit) if bandit else None,
         )
 
     def save(self, path: Path) -> None:

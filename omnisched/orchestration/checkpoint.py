@@ -1,0 +1,87 @@
+"""Resumable runs: step checkpoints written atomically, and metrics cut back to the checkpoint.
+
+A checkpoint is a folder `checkpoints/step-NNNNNN/` holding the policy as an HF model folder, the
+learner's optimizer state and `controller.json` (global step, phase, step within the phase, the
+prompt sampler's RNG, timings). It is written under a temporary name and renamed, then the
+`checkpoints/latest` pointer is replaced atomically, so a run killed at any instant leaves either
+the previous checkpoint or the new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+CONTROLLER_FILE = "controller.json"
+POINTER = "latest"
+
+
+def write_checkpoint(
+    root: Path, step: int, state: dict[str, Any], save_model: Callable[[str], Any], keep: int = 2
+) -> Path:
+    """Create `root/step-<step>` atomically: `save_model(tmp_dir)` writes the weights and
+    optimizer, `state` goes to controller.json; then repoint `latest` and prune old ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.partial-"))
+    try:
+        save_model(str(tmp))
+        (tmp / CONTROLLER_FILE).write_text(json.dumps(state))
+        if final.exists():  # re-checkpointing the same step after a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _atomic_write(root / POINTER, final.name)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint `latest` points to and its controller state, or None."""
+    pointer = root / POINTER
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    state_file = path / CONTROLLER_FILE
+    if not state_file.is_file():
+        return None
+    return path, json.loads(state_file.read_text())
+
+
+def truncate_metrics(path: Path, last_step: int, kept_evals: Iterable[str]) -> tuple[int, int]:
+    """Rewrite metrics.jsonl as it was at the checkpoint: train records up to `last_step`, the
+    evaluations whose results the scheduler kept, no timing record. Returns (kept, dropped)."""
+    if not path.is_file():
+        return 0, 0
+    keep_labels = set(kept_evals)
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by the kill
+            dropped += 1
+            continue
+        kind = rec.get("kind")
+        ok = (kind == "train" and rec.get("step", 0) <= last_step) or (
+            kind == "eval" and rec.get("label") in keep_labels
+        )
+        if ok:
+            kept.append(line)
+        else:
+            dropped += 1
+    _atomic_write(path, "".join(f"{x}\n" for x in kept))
+    return len(kept), dropped
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

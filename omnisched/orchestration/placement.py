@@ -1,0 +1,220 @@
+"""Placement: which actors a recipe starts, what each asks of Ray, and whether a cluster holds them.
+
+`plan_placement` is pure: it reads a `Recipe` and returns the actor groups and the bundles of one
+Ray placement group, so `omnisched run --dry-run` can show (and check) a cluster recipe's
+footprint on a laptop. `check_fit` packs the bundles into a cluster's nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import yaml
+
+from omnisched.config.schema import Recipe
+
+REWARD_WORKER_CPUS = 0.5  # what the controller reserves per reward worker
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class ActorGroup:
+    """`count` actors of one kind; each uses `cpus` and `gpus` and lives in `bundles[i]`."""
+
+    kind: str
+    count: int
+    cpus: float
+    gpus: float
+    bundles: list[list[int]] = field(default_factory=list)  # per actor: placement-group bundles
+    shares_gpus: bool = False  # colocated: time-shares its GPUs with the other GPU group
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    groups: list[ActorGroup]
+    bundles: list[dict[str, float]]
+    strategy: str
+    colocate: bool
+
+    @property
+    def totals(self) -> dict[str, float]:
+        """Resources the placement group reserves: the sum of its bundles."""
+        out: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
+        for bundle in self.bundles:
+            for key, amount in bundle.items():
+                out[key] = out.get(key, 0.0) + amount
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "colocate": self.colocate,
+            "actors": [asdict(g) for g in self.groups],
+            "bundles": self.bundles,
+            "totals": self.totals,
+        }
+
+
+def plan_placement(recipe: Recipe) -> PlacementPlan:
+    """Resolve rollout, learner, reward and scheduler actors into one placement group's bundles."""
+    ro, pl = recipe.rollout, recipe.placement
+    bundles: list[dict[str, float]] = []
+    learner = [
+        [_new_bundle(bundles, pl.learner_cpus_per_worker, pl.learner_gpus_per_worker)]
+        for _ in range(pl.learner_workers)
+    ]
+    if pl.colocate:  # engines live in the learner's bundles; their CPUs are spread over them
+        rollout = _colocated_bundles(ro.num_workers, ro.gpus_per_worker, pl.learner_gpus_per_worker)
+        for worker_bundles in rollout:
+            for index in worker_bundles:
+                bundles[index]["CPU"] += ro.cpus_per_worker / len(worker_bundles)
+    else:
+        rollout = [
+            [_new_bundle(bundles, ro.cpus_per_worker, ro.gpus_per_worker)]
+            for _ in range(ro.num_workers)
+        ]
+    reward = [
+        [_new_bundle(bundles, REWARD_WORKER_CPUS, 0.0)] for _ in range(recipe.ray.reward_workers)
+    ]
+    groups = [
+        ActorGroup(
+            "rollout", ro.num_workers, ro.cpus_per_worker, ro.gpus_per_worker, rollout, pl.colocate
+        ),
+        ActorGroup(
+            "learner",
+            pl.learner_workers,
+            pl.learner_cpus_per_worker,
+            pl.learner_gpus_per_worker,
+            learner,
+            pl.colocate,
+        ),
+        ActorGroup("reward", recipe.ray.reward_workers, REWARD_WORKER_CPUS, 0.0, reward),
+        ActorGroup("scheduler", 1, 0.0, 0.0, [[]]),  # bookkeeping only: reserves nothing
+    ]
+    return PlacementPlan(groups, bundles, pl.strategy, pl.colocate)
+
+
+def _new_bundle(bundles: list[dict[str, float]], cpus: float, gpus: float) -> int:
+    """Append a bundle (no GPU key when it needs none, as Ray expects); returns its index."""
+    bundles.append({"CPU": cpus, "GPU": gpus} if gpus > 0 else {"CPU": cpus})
+    return len(bundles) - 1
+
+
+def _colocated_bundles(workers: int, gpus_per_worker: float, gpus_per_bundle: float) -> list:
+    """Engine i covers GPUs [i*g, (i+1)*g) of the learner's flat GPU range; bundle j covers
+    [j*b, (j+1)*b): engine i is placed in every bundle whose range overlaps its own."""
+    out = []
+    for i in range(workers):
+        lo, hi = i * gpus_per_worker, (i + 1) * gpus_per_worker
+        first = int(lo // gpus_per_bundle + EPS)
+        last = int((hi - EPS) // gpus_per_bundle)
+        out.append(list(range(first, last + 1)))
+    return out
+
+
+def cluster_of(recipe: Recipe) -> list[dict[str, float]] | None:
+    """The target cluster a recipe describes (`placement.nodes`), as one resource dict per node."""
+    pl = recipe.placement
+    if pl.nodes is None:
+        return None
+    node: dict[str, float] = {"GPU": float(pl.gpus_per_node)}
+    node["CPU"] = float(pl.cpus_per_node) if pl.cpus_per_node is not None else float("inf")
+    return [dict(node) for _ in range(pl.nodes)]
+
+
+def check_fit(plan: PlacementPlan, cluster: dict[str, float] | list[dict[str, float]]) -> list[str]:
+    """Problems placing the plan's bundles on `cluster`; empty when it fits.
+
+    `cluster` is either `ray.cluster_resources()` (totals only: each resource is compared with
+    the plan's totals) or one dict per node (`ray.nodes()[i]["Resources"]`, or `cluster_of`):
+    bundles are then packed first-fit-decreasing, honouring STRICT_PACK / STRICT_SPREAD.
+    """
+    if isinstance(cluster, dict):
+        return [
+            f"needs {need:g} {res} in all, the cluster has {cluster.get(res, 0.0):g}"
+            for res, need in plan.totals.items()
+            if need > cluster.get(res, 0.0) + EPS
+        ]
+    if plan.strategy == "STRICT_PACK":
+        return [f"STRICT_PACK: {p} on any single node" for p in _single_node(plan, cluster)]
+    if plan.strategy == "STRICT_SPREAD" and len(plan.bundles) > len(cluster):
+        return [
+            f"STRICT_SPREAD needs one node per bundle: {len(plan.bundles)} bundles, "
+            f"{len(cluster)} nodes"
+        ]
+    return _pack(plan, cluster)
+
+
+def _single_node(plan: PlacementPlan, cluster: list[dict[str, float]]) -> list[str]:
+    best = max(cluster, key=lambda n: n.get("GPU", 0.0), default={})
+    return check_fit(plan, best)
+
+
+def _pack(plan: PlacementPlan, cluster: list[dict[str, float]]) -> list[str]:
+    free = [dict(node) for node in cluster]
+    spread = plan.strategy == "STRICT_SPREAD"
+    used: set[int] = set()
+    order = sorted(
+        range(len(plan.bundles)),
+        key=lambda i: (-plan.bundles[i].get("GPU", 0.0), -plan.bundles[i].get("CPU", 0.0)),
+    )
+    unplaced = []
+    for i in order:
+        bundle = plan.bundles[i]
+        node = next(
+            (
+                n
+                for n, res in enumerate(free)
+                if not (spread and n in used)
+                and all(res.get(k, 0.0) + EPS >= v for k, v in bundle.items())
+            ),
+            None,
+        )
+        if node is None:
+            unplaced.append(i)
+            continue
+        used.add(node)
+        for k, v in bundle.items():
+            free[node][k] = free[node].get(k, 0.0) - v
+    if not unplaced:
+        return []
+    first = ", ".join(f"{v:g} {k}" for k, v in plan.bundles[unplaced[0]].items())
+    return [
+        f"{len(unplaced)} of {len(plan.bundles)} bundles fit on no node with room left "
+        f"(bundles {sorted(unplaced)}; bundle {unplaced[0]} needs {first}; "
+        f"{len(cluster)} node(s))"
+    ]
+
+
+def render(plan: PlacementPlan) -> str:
+    """A short human-readable table of the plan (the dry run prints the YAML form as well)."""
+    lines = [f"placement group: {len(plan.bundles)} bundles, strategy {plan.strategy}"]
+    for g in plan.groups:
+        shared = " (shares GPUs)" if g.shares_gpus else ""
+        lines.append(f"  {g.kind:<9} x{g.count}: {g.cpus:g} CPU, {g.gpus:g} GPU each{shared}")
+    totals = plan.totals
+    lines.append(f"  total: {totals['CPU']:g} CPU, {totals['GPU']:g} GPU")
+    return "\n".join(lines)
+
+
+def placement_report(recipe: Recipe) -> tuple[str, list[str]]:
+    """What `omnisched run --dry-run` prints after the config: a second YAML document holding
+    the plan (headed by `render` as comments) and, when the recipe describes its cluster
+    (`placement.nodes`), whether it fits; also the problems, so the caller can fail on them."""
+    plan = plan_placement(recipe)
+    cluster = cluster_of(recipe)
+    problems = check_fit(plan, cluster) if cluster is not None else []
+    doc: dict[str, Any] = {"placement_plan": plan.to_dict()}
+    if cluster is not None:
+        pl = recipe.placement
+        doc["target_cluster"] = {
+            "nodes": pl.nodes,
+            "gpus_per_node": pl.gpus_per_node,
+            "cpus_per_node": pl.cpus_per_node,
+            "fits": not problems,
+            "problems": problems,
+        }
+    comments = "".join(f"# {line}\n" for line in render(plan).splitlines())
+    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+    return "---\n" + comments + body, problems
