@@ -284,6 +284,51 @@ class _ProgressView:
         self.bar.update(self.tasks[key], completed=done, total=total, info=info)
 
 
+@app.command()
+def reproduce(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/repro-tiny.yaml")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted overrides key=value")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="1 seed, a third of the steps per phase")
+    ] = False,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="seeds run.seed, +1, ...")] = 3,
+    all_orders: Annotated[
+        bool, typer.Option("--all-orders", help="also train every domain order (<= 4 domains)")
+    ] = False,
+    merge_scale: Annotated[
+        float, typer.Option("--merge-scale", help="lambda of task arithmetic and TIES")
+    ] = 1.0,
+    ties_density: Annotated[
+        float, typer.Option("--ties-density", help="fraction of each task vector TIES keeps")
+    ] = 0.2,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output dir; default run.output_dir/repro-...")
+    ] = None,
+) -> None:
+    """Joint vs BWT curriculum vs reverse order vs model merging at equal RL compute, over
+    seeds: OUT/results.json, OUT/report.md and plots."""
+    from omnisched.config import load_recipe
+    from omnisched.repro import runner
+
+    try:
+        cfg = load_recipe(recipe, overrides or [])
+        if not 0.0 < ties_density <= 1.0:
+            raise OmniError(f"--ties-density must be in (0, 1], got {ties_density}")
+        opts = runner.ReproOptions(seeds, quick, all_orders, merge_scale, ties_density)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out_dir = out or cfg.run.output_dir / f"repro-{cfg.run.name}-{stamp}"
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.run.threads))
+        path = runner.reproduce(
+            cfg, out_dir, opts, say=lambda msg: console.print(msg, highlight=False)
+        )
+    except OmniError as exc:
+        _fail(exc)
+    console.print(f"report: {path}")
+    typer.echo(str(path.parent))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

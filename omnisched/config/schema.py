@@ -131,6 +131,28 @@ class RolloutConfig(Strict):
         return self
 
 
+class DeepSpeedConfig(Strict):
+    """Options of the `deepspeed` learner backend; the torch backend ignores them."""
+
+    zero_stage: int = Field(
+        2,
+        ge=0,
+        le=3,
+        description="what ZeRO shards across ranks: 0 nothing, 1 optimizer states, 2 + gradients, "
+        "3 + parameters",
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None,
+        ge=1,
+        description="micro-batches per optimizer step; None = all of a train_step in one step",
+    )
+    offload_optimizer: bool = Field(False, description="keep optimizer states in CPU memory")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="DeepSpeed config entries merged over the generated config (dicts merge)",
+    )
+
+
 class LearnerConfig(Strict):
     backend: str = "torch"
     lr: float = Field(1e-4, gt=0)
@@ -145,6 +167,7 @@ class LearnerConfig(Strict):
     ppo_epochs: int = Field(1, ge=1)
     micro_batch_size: int = Field(64, ge=1)
     bf16: bool = True
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 
 class ScheduleConfig(Strict):

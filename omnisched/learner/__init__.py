@@ -12,6 +12,7 @@ from omnisched.registry import Registry
 
 LEARNERS: Registry[type] = Registry("learner", "omnisched.learners")
 LEARNERS.add_lazy("torch", "omnisched.learner.torch_learner:TorchLearner")
+LEARNERS.add_lazy("deepspeed", "omnisched.learner.deepspeed_learner:DeepSpeedLearner")
 
 _GRPO = (
     "LOSS_AGGS",

@@ -3,18 +3,20 @@
 One `train_step` = for each PPO epoch, one optimizer step over all samples. Micro-batch losses
 are normalised by whole-batch counts, so accumulating them gives exactly the full-batch gradient.
 Logits are computed only at positions that predict completion tokens (HF `logits_to_keep`).
+The step's pieces are module functions, shared with the DeepSpeed learner; only the backward
+pass and the optimizer step differ between backends.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from omnisched.config.schema import LearnerConfig
@@ -78,6 +80,130 @@ def check_samples(samples: Sequence[TrainSample]) -> None:
             )
 
 
+def micro_batches(
+    samples: Sequence[TrainSample], size: int, pad_token_id: int, device: torch.device
+) -> list[MicroBatch]:
+    """Chunks of `size` samples on `device`, longest first; empty completions are left out."""
+    # Sorting by length before chunking keeps padding small; the loss does not depend on order.
+    # Empty completions carry no token loss; they still count in the step's num_seqs.
+    order = sorted(
+        (s for s in samples if s.completion_ids),
+        key=lambda s: len(s.prompt_ids) + len(s.completion_ids),
+        reverse=True,
+    )
+    chunks = [order[i : i + size] for i in range(0, len(order), size)]
+    return [_to_device(build_micro_batch(c, pad_token_id), device) for c in chunks]
+
+
+def _to_device(mb: MicroBatch, device: torch.device) -> MicroBatch:
+    moved = {k: v.to(device) for k, v in vars(mb).items() if isinstance(v, Tensor)}
+    return MicroBatch(**moved)
+
+
+def policy_logits(model: nn.Module, mb: MicroBatch, bf16: bool) -> Tensor:
+    """Logits [b, W, V] at the window positions (`model` may be a DeepSpeed engine)."""
+    with torch.autocast(mb.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            logits_to_keep=mb.positions,
+            use_cache=False,
+        )
+    return out.logits
+
+
+@torch.no_grad()
+def fill_fixed_logprobs(
+    model: nn.Module, ref_model: nn.Module | None, batches: list[MicroBatch], cfg: LearnerConfig
+) -> None:
+    """Logprobs that stay fixed across PPO epochs: the reference's, and (when epochs > 1) the
+    pre-update policy's for samples without sampler logprobs, so later epochs see ratio != 1."""
+    need_old = cfg.ppo_epochs > 1
+    if need_old:
+        model.eval()
+    for mb in batches:
+        if ref_model is not None:
+            ref_logits = policy_logits(ref_model, mb, cfg.bf16)
+            mb.ref_logp, _ = token_logprobs_and_entropy(ref_logits, mb.labels)
+        if need_old and not bool(mb.has_old.all()):
+            cur, _ = token_logprobs_and_entropy(policy_logits(model, mb, cfg.bf16), mb.labels)
+            mb.old_logp = torch.where(mb.has_old, mb.old_logp, cur)
+            mb.has_old = torch.ones_like(mb.has_old)
+
+
+Backward = Callable[[Tensor, bool], None]  # (micro-batch loss, is the step's last micro-batch)
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    batches: list[MicroBatch],
+    cfg: LearnerConfig,
+    backward: Backward,
+    *,
+    max_len: int,
+    num_tokens: int,
+    num_seqs: int,
+) -> dict[str, Tensor]:
+    """Forward and `backward` every micro-batch of one optimizer step; returns the step's loss and
+    token-weighted metric means (kept on the device: one host sync per step, not per batch)."""
+    sums: dict[str, Tensor] = {}
+    for i, mb in enumerate(batches):
+        logp, entropy = token_logprobs_and_entropy(policy_logits(model, mb, cfg.bf16), mb.labels)
+        old = torch.where(mb.has_old, mb.old_logp, logp.detach())  # on-policy: ratio 1
+        loss, stats = grpo_loss(
+            logp,
+            old,
+            mb.advantages,
+            mb.mask,
+            clip_eps=cfg.clip_eps,
+            clip_eps_high=cfg.clip_eps_high,
+            loss_agg=cfg.loss_agg,
+            kl_coef=cfg.kl_coef,
+            ref_logp=mb.ref_logp,
+            max_len=max_len,
+            total_tokens=num_tokens,
+            total_seqs=num_seqs,
+        )
+        backward(loss, i == len(batches) - 1)
+        weight = mb.mask.sum() / max(num_tokens, 1)  # token-weighted metric means
+        stats["entropy"] = masked_mean(entropy, mb.mask)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + weight * v
+        sums["loss"] = sums.get("loss", 0.0) + loss.detach()
+    return sums
+
+
+def step_metrics(
+    steps: list[dict[str, float]], samples: Sequence[TrainSample], ppo_epochs: int, t0: float
+) -> dict[str, float]:
+    """Metrics averaged over a train_step's optimizer steps, plus token counts and throughput."""
+    metrics = {k: sum(s[k] for s in steps) / len(steps) for k in steps[0]}
+    elapsed = time.perf_counter() - t0
+    tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    metrics.update(
+        tokens=float(sum(len(s.completion_ids) for s in samples)),
+        step_time_s=elapsed,
+        tokens_per_s=tokens * ppo_epochs / elapsed,
+    )
+    return metrics
+
+
+def max_completion(samples: Sequence[TrainSample], max_completion_len: int | None) -> int:
+    """Dr.GRPO's normaliser: the configured budget, else the step's longest completion."""
+    return max_completion_len or max(len(s.completion_ids) for s in samples)
+
+
+def frozen_reference(
+    model: nn.Module, ref_model: nn.Module | None, cfg: LearnerConfig
+) -> nn.Module | None:
+    """The KL reference: the given one, else a copy of `model` when `cfg.kl_coef > 0`; frozen."""
+    if ref_model is None and cfg.kl_coef > 0:
+        ref_model = copy.deepcopy(model)
+    if ref_model is not None:
+        ref_model.requires_grad_(False).eval()
+    return ref_model
+
+
 class TorchLearner:
     """GRPO on one HF causal LM with plain torch: AdamW, grad clipping, optional k3 KL to a ref.
 
@@ -97,11 +223,7 @@ class TorchLearner:
         self.cfg = cfg
         self.pad_token_id = pad_token_id
         self.max_completion_len = max_completion_len
-        if ref_model is None and cfg.kl_coef > 0:
-            ref_model = copy.deepcopy(model)
-        if ref_model is not None:
-            ref_model.requires_grad_(False).eval()
-        self.ref_model = ref_model
+        self.ref_model = frozen_reference(model, ref_model, cfg)
         self.device = next(model.parameters()).device
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -116,24 +238,16 @@ class TorchLearner:
         """
         t0 = time.perf_counter()
         check_samples(samples)
-        batches = self._micro_batches(samples)
+        cfg = self.cfg
+        batches = micro_batches(samples, cfg.micro_batch_size, self.pad_token_id, self.device)
         num_tokens = sum(len(s.completion_ids) for s in samples)
-        max_len = self.max_completion_len or max(len(s.completion_ids) for s in samples)
-        self._fill_fixed_logprobs(batches)
+        max_len = max_completion(samples, self.max_completion_len)
+        fill_fixed_logprobs(self.model, self.ref_model, batches, cfg)
         self.model.train()
         epochs = [
-            self._epoch(batches, num_tokens, len(samples), max_len)
-            for _ in range(self.cfg.ppo_epochs)
+            self._epoch(batches, num_tokens, len(samples), max_len) for _ in range(cfg.ppo_epochs)
         ]
-        metrics = {k: sum(e[k] for e in epochs) / len(epochs) for k in epochs[0]}
-        elapsed = time.perf_counter() - t0
-        tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
-        metrics.update(
-            tokens=float(num_tokens),
-            step_time_s=elapsed,
-            tokens_per_s=tokens * self.cfg.ppo_epochs / elapsed,
-        )
-        return metrics
+        return step_metrics(epochs, samples, cfg.ppo_epochs, t0)
 
     def state_dict(self) -> dict[str, Tensor]:
         """A detached CPU snapshot of the policy weights (later steps do not change it)."""
@@ -142,79 +256,20 @@ class TorchLearner:
     def save(self, path: Path | str) -> None:
         self.model.save_pretrained(str(path))
 
-    def _micro_batches(self, samples: Sequence[TrainSample]) -> list[MicroBatch]:
-        # Sorting by length before chunking keeps padding small; the loss does not depend on order.
-        # Empty completions carry no token loss; they still count in the step's num_seqs.
-        order = sorted(
-            (s for s in samples if s.completion_ids),
-            key=lambda s: len(s.prompt_ids) + len(s.completion_ids),
-            reverse=True,
-        )
-        size = self.cfg.micro_batch_size
-        chunks = [order[i : i + size] for i in range(0, len(order), size)]
-        return [self._to_device(build_micro_batch(c, self.pad_token_id)) for c in chunks]
-
-    def _to_device(self, mb: MicroBatch) -> MicroBatch:
-        moved = {k: v.to(self.device) for k, v in vars(mb).items() if isinstance(v, Tensor)}
-        return MicroBatch(**moved)
-
-    def _logits(self, model: PreTrainedModel, mb: MicroBatch) -> Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            out = model(
-                input_ids=mb.input_ids,
-                attention_mask=mb.attention_mask,
-                logits_to_keep=mb.positions,
-                use_cache=False,
-            )
-        return out.logits
-
-    @torch.no_grad()
-    def _fill_fixed_logprobs(self, batches: list[MicroBatch]) -> None:
-        """Logprobs that stay fixed across PPO epochs: the reference's, and (when epochs > 1) the
-        pre-update policy's for samples without sampler logprobs, so later epochs see ratio != 1."""
-        need_old = self.cfg.ppo_epochs > 1
-        if need_old:
-            self.model.eval()
-        for mb in batches:
-            if self.ref_model is not None:
-                mb.ref_logp, _ = token_logprobs_and_entropy(
-                    self._logits(self.ref_model, mb), mb.labels
-                )
-            if need_old and not bool(mb.has_old.all()):
-                cur, _ = token_logprobs_and_entropy(self._logits(self.model, mb), mb.labels)
-                mb.old_logp = torch.where(mb.has_old, mb.old_logp, cur)
-                mb.has_old = torch.ones_like(mb.has_old)
-
     def _epoch(
         self, batches: list[MicroBatch], num_tokens: int, num_seqs: int, max_len: int
     ) -> dict[str, float]:
         """One optimizer step: accumulate micro-batch gradients, clip, AdamW."""
-        cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, Tensor] = {}  # kept on the device: one host sync per step, not per batch
-        for mb in batches:
-            logp, entropy = token_logprobs_and_entropy(self._logits(self.model, mb), mb.labels)
-            old = torch.where(mb.has_old, mb.old_logp, logp.detach())  # on-policy: ratio 1
-            loss, stats = grpo_loss(
-                logp,
-                old,
-                mb.advantages,
-                mb.mask,
-                clip_eps=cfg.clip_eps,
-                clip_eps_high=cfg.clip_eps_high,
-                loss_agg=cfg.loss_agg,
-                kl_coef=cfg.kl_coef,
-                ref_logp=mb.ref_logp,
-                max_len=max_len,
-                total_tokens=num_tokens,
-                total_seqs=num_seqs,
-            )
-            loss.backward()
-            weight = mb.mask.sum() / max(num_tokens, 1)  # token-weighted metric means
-            stats["entropy"] = masked_mean(entropy, mb.mask)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + weight * v
-            sums["loss"] = sums.get("loss", 0.0) + loss.detach()
-        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        sums = accumulate_gradients(
+            self.model,
+            batches,
+            self.cfg,
+            lambda loss, _last: loss.backward(),
+            max_len=max_len,
+            num_tokens=num_tokens,
+            num_seqs=num_seqs,
+        )
+        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         return {k: float(v) for k, v in sums.items()}

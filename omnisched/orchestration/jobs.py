@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import os
 import shlex
 import time
@@ -87,9 +88,8 @@ def build_job(
         args.append("ray.address=auto")  # inside a job RAY_ADDRESS names the cluster: join it
     env = {"PYTHONUNBUFFERED": "1", **(env_vars or {})}
     setup = ""
-    try:
-        recipe_arg = Path(recipe).resolve().relative_to(root).as_posix()
-    except ValueError:  # outside the upload: send the validated recipe itself
+    recipe_arg = _uploaded_path(Path(recipe), root, excludes)
+    if recipe_arg is None:  # not in the upload: send the validated recipe itself
         env[RECIPE_ENV] = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         args = args[len(overrides) :]  # already applied in the dumped recipe
         recipe_arg = RECIPE_ON_CLUSTER
@@ -113,6 +113,17 @@ def build_job(
         submission_id=submission_id,
         metadata={"omnisched_recipe": Path(recipe).name, "omnisched_run": cfg.run.name},
     )
+
+
+def _uploaded_path(recipe: Path, root: Path, excludes: Sequence[str]) -> str | None:
+    """`recipe` relative to the working dir, or None when the upload will not contain it."""
+    try:
+        rel = recipe.resolve().relative_to(root)
+    except ValueError:
+        return None
+    if any(fnmatch.fnmatch(part, pattern) for part in rel.parts for pattern in excludes):
+        return None  # e.g. runs/NAME/recipe.yaml: runs/ is never uploaded
+    return rel.as_posix()
 
 
 def pip_requirements(items: Sequence[str]) -> list[str]:

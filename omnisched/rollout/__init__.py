@@ -10,6 +10,7 @@ from omnisched.rollout.base import Completion, RolloutEngine, SamplingParams
 
 ENGINES: Registry = Registry("rollout engine", "omnisched.rollout_engines")
 ENGINES.add_lazy("hf", "omnisched.rollout.hf:HFEngine")
+ENGINES.add_lazy("vllm", "omnisched.rollout.vllm_engine:VLLMEngine")
 
 __all__ = ["ENGINES", "Completion", "HFEngine", "RolloutEngine", "SamplingParams"]
 

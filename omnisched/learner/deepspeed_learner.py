@@ -1,0 +1,224 @@
+"""DeepSpeed ZeRO GRPO learner: the torch learner's micro-batches and loss on a DeepSpeed engine.
+
+The GRPO step is `TorchLearner`'s (same loss, PPO epochs, k3 KL to a frozen reference); DeepSpeed
+owns what scales out: ZeRO sharding of optimizer states, gradients (stage 2) and parameters
+(stage 3) over data-parallel ranks, the gradient reduction, bf16 with fp32 master weights, and
+gradient clipping. Each rank calls `train_step` on its own samples and must get as many
+micro-batches as every other rank (ZeRO runs collectives per micro-batch); gradients are averaged
+over ranks. Without CUDA it runs on DeepSpeed's CPU accelerator over gloo.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from omnisched.config.schema import LearnerConfig
+from omnisched.learner.base import TrainSample
+from omnisched.learner.torch_learner import (
+    MicroBatch,
+    accumulate_gradients,
+    check_samples,
+    fill_fixed_logprobs,
+    frozen_reference,
+    max_completion,
+    micro_batches,
+    step_metrics,
+)
+
+if not torch.cuda.is_available():  # deepspeed picks its accelerator when first imported
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import deepspeed
+
+
+def ds_config(cfg: LearnerConfig) -> dict[str, Any]:
+    """The DeepSpeed config for `cfg`, with `cfg.deepspeed.overrides` merged over it."""
+    ds = cfg.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    generated = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,  # the learner marks each accumulation boundary itself
+        "gradient_clipping": cfg.max_grad_norm,
+        "bf16": {"enabled": cfg.bf16},
+        "zero_optimization": zero,
+        "zero_force_ds_cpu_optimizer": False,  # torch AdamW steps offloaded states too
+    }
+    return _merge(generated, ds.overrides)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def init_distributed() -> None:
+    """Join the process group the env describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, as
+    torchrun sets them); with no RANK, form a group of one on a free port, leaving the env as is
+    (child processes, e.g. Ray workers, must not inherit a rendezvous meant for this process)."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it; a Ray actor sees only its GPU
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" in os.environ:
+        dist.init_process_group(backend)
+    else:
+        url = f"tcp://127.0.0.1:{_free_port()}"
+        dist.init_process_group(backend, init_method=url, rank=0, world_size=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DeepSpeedLearner:
+    """GRPO on one HF causal LM wrapped by `deepspeed.initialize` (ZeRO 0-3, torch AdamW).
+
+    Same constructor as `TorchLearner`; `cfg.deepspeed` picks the ZeRO stage, optimizer offload,
+    micro-batches per optimizer step and raw DeepSpeed config overrides.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        cfg: LearnerConfig,
+        pad_token_id: int,
+        ref_model: PreTrainedModel | None = None,
+        max_completion_len: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.pad_token_id = pad_token_id
+        self.max_completion_len = max_completion_len
+        self.ref_model = frozen_reference(model, ref_model, cfg)  # copied before bf16 casting
+        self.dtypes = {k: v.dtype for k, v in model.state_dict().items()}  # handed back in these
+        self.dtype = model.dtype
+        init_distributed()
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=self.optimizer, config=ds_config(cfg)
+        )
+        self.model: PreTrainedModel = self.engine.module
+        self.device = self.engine.device
+        if self.ref_model is not None:
+            self.ref_model.to(self.device)
+
+    def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
+        """`cfg.ppo_epochs` passes over `samples`, each one optimizer step per accumulation group;
+        metrics (this rank's, as `TorchLearner.train_step`) are averaged over the steps."""
+        t0 = time.perf_counter()
+        check_samples(samples)
+        cfg = self.cfg
+        batches = micro_batches(samples, cfg.micro_batch_size, self.pad_token_id, self.device)
+        self._check_ranks_agree(len(batches))
+        max_len = max_completion(samples, self.max_completion_len)
+        fill_fixed_logprobs(self.engine, self.ref_model, batches, cfg)
+        self.engine.train()
+        steps = [
+            self._optimizer_step(group, num_tokens, num_seqs, max_len)
+            for _ in range(cfg.ppo_epochs)
+            for group, num_tokens, num_seqs in self._accumulation_groups(batches, samples)
+        ]
+        return step_metrics(steps, samples, cfg.ppo_epochs, t0)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Full policy weights as a detached CPU snapshot in the model's original dtypes. Under
+        ZeRO-3 each parameter is gathered from its shards in turn: call it on every rank."""
+        full: dict[str, Tensor] = {}
+        copies: dict[int, Tensor] = {}  # tied weights appear under two names
+        for name, tensor in self.model.state_dict(keep_vars=True).items():
+            if id(tensor) not in copies:
+                with deepspeed.zero.GatheredParameters([tensor]):
+                    copies[id(tensor)] = tensor.detach().to("cpu", self.dtypes[name], copy=True)
+            full[name] = copies[id(tensor)]
+        return full
+
+    def save(self, path: Path | str) -> None:
+        """Rank 0 writes an HF model folder of the full weights (every rank must call it)."""
+        state = self.state_dict()
+        if dist.get_rank() == 0:
+            self.model.save_pretrained(str(path), state_dict=state)
+            self.model.config.dtype = str(self.dtype).removeprefix("torch.")  # not the engine's
+            self.model.config.save_pretrained(str(path))
+
+    def _accumulation_groups(
+        self, batches: list[MicroBatch], samples: Sequence[TrainSample]
+    ) -> list[tuple[list[MicroBatch], int, int]]:
+        """Micro-batches per optimizer step, each with the token and sequence counts that
+        normalise its loss (the whole step's when one group holds every micro-batch)."""
+        size = self.cfg.deepspeed.gradient_accumulation_steps or len(batches)
+        if size >= len(batches):
+            return [(batches, sum(len(s.completion_ids) for s in samples), len(samples))]
+        groups = [batches[i : i + size] for i in range(0, len(batches), size)]
+        return [
+            (g, sum(int(mb.mask.sum()) for mb in g), sum(len(mb.advantages) for mb in g))
+            for g in groups
+        ]
+
+    def _optimizer_step(
+        self, batches: list[MicroBatch], num_tokens: int, num_seqs: int, max_len: int
+    ) -> dict[str, float]:
+        """DeepSpeed accumulates (and ZeRO reduces) micro-batch gradients up to the boundary, then
+        clips and steps. The losses are already normalised by the step's counts: no 1/GAS scale."""
+
+        def backward(loss: Tensor, last: bool) -> None:
+            self.engine.set_gradient_accumulation_boundary(last)
+            self.engine.backward(loss, scale_wrt_gas=False)
+
+        sums = accumulate_gradients(
+            self.engine,
+            batches,
+            self.cfg,
+            backward,
+            max_len=max_len,
+            num_tokens=num_tokens,
+            num_seqs=num_seqs,
+        )
+        plain_norm = self._plain_grad_norm()
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm() if plain_norm is None else plain_norm
+        if norm is None:
+            raise RuntimeError("DeepSpeed computed no gradient norm for this step")
+        sums["grad_norm"] = torch.as_tensor(norm)  # pre-clip, over all ranks
+        return {k: float(v) for k, v in sums.items()}
+
+    def _plain_grad_norm(self) -> Tensor | None:
+        """The norm of the reduced gradients when DeepSpeed steps the torch optimizer directly
+        (ZeRO-0 in fp32): it clips them then without recording the norm."""
+        if self.engine.optimizer is not self.optimizer:
+            return None
+        return torch.nn.utils.get_total_norm(
+            [p.grad for p in self.model.parameters() if p.grad is not None]
+        )
+
+    def _check_ranks_agree(self, num_batches: int) -> None:
+        """Fail on every rank, instead of hanging in a collective, when ranks' counts differ."""
+        if dist.get_world_size() == 1:
+            return
+        bounds = torch.tensor([num_batches, -num_batches], device=self.device)
+        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+        most, fewest = int(bounds[0]), -int(bounds[1])
+        if most != fewest:
+            raise ValueError(
+                f"ranks got between {fewest} and {most} micro-batches of up to "
+                f"{self.cfg.micro_batch_size} samples; give every rank as many samples per step"
+            )
