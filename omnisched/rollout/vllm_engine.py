@@ -1,0 +1,189 @@
+"""vLLM rollout engine: the offline `vllm.LLM` behind the `RolloutEngine` protocol.
+
+Logprobs. The engine starts vLLM with `logprobs_mode="processed_logprobs"`, so the logprob vLLM
+reports for a sampled token is taken after temperature scaling and top-p renormalisation: the
+HF engine's definition (`Completion.logprobs`). Greedy requests skip temperature in vLLM and
+report the temperature-1 logprob, again as the HF engine does.
+
+Entropies. vLLM returns no entropy. Each step asks for the top `entropy_topk` logprobs and
+reports H_k = -sum over those tokens of p log p: a lower bound of the entropy of the sampling
+distribution, exact once `entropy_topk` covers the support (e.g. the 260-token char vocabulary,
+or a peaked policy). Under top-p < 1 the distribution is the truncated one (the HF engine
+reports the pre-truncation entropy). `entropy_topk=0` leaves `entropies` empty; k=20 cost
+nothing measurable (bench/bench_rollout.py on CPU: 1592 vs 1600 tokens/s).
+
+Weight sync (`update_weights`, one node). The state dict is `torch.save`d to a file in
+/dev/shm (RAM) and each worker loads it through `WeightSyncExtension` via `collective_rpc`
+(vLLM's in-place `reload_weights`); only the path crosses the RPC. The prefix cache is then
+reset: cached KV blocks were computed by the old weights.
+
+Multi-node design (not implemented here: needs GPUs). The learner's rank 0 and every vLLM
+worker join one stateless NCCL group (vLLM's `StatelessProcessGroup` + `PyNcclCommunicator`,
+or vLLM's own `weight_transfer_config` NCCL backend, which packages the same). Per sync the
+driver sends only metadata (names, dtypes, shapes) through `collective_rpc`; the learner
+broadcasts each tensor (packed into buckets), and each worker receives into a buffer and calls
+`model.load_weights` as above, so weights never leave GPU memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import vllm
+from safetensors import safe_open
+from vllm.platforms import current_platform
+
+from omnisched.rollout.base import Completion, SamplingParams
+
+EXTENSION = "omnisched.rollout.vllm_ext.WeightSyncExtension"
+CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default is a fraction of all RAM: too much here
+
+
+class VLLMEngine:
+    """`RolloutEngine` on vLLM. `options` go to `vllm.LLM` (e.g. `tensor_parallel_size`,
+    `gpu_memory_utilization`, `enforce_eager`, `kv_cache_memory_bytes`).
+
+    `threads` (CPU only) sets the OpenMP threads of the worker instead of vLLM's pinning of
+    every core. Build it under `if __name__ == "__main__":` in scripts: vLLM spawns processes.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        dtype: str = "bfloat16",
+        threads: int | None = None,
+        entropy_topk: int = 20,
+        **options: Any,
+    ) -> None:
+        self.entropy_topk = entropy_topk
+        options.setdefault("max_logprobs", max(20, entropy_topk))
+        options.setdefault("seed", 0)
+        cpu = current_platform.is_cpu()
+        if cpu:
+            options.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+            # vLLM 0.32 CPU: a seeded request whose prefill is split in chunks crashes the worker
+            # ("CPU Generator does not use offset"); whole prefills avoid that path
+            options.setdefault("enable_chunked_prefill", False)
+        with _cpu_threads(threads if cpu else None):
+            self.llm = vllm.LLM(
+                str(model_path),
+                dtype=dtype,
+                logprobs_mode="processed_logprobs",
+                worker_extension_cls=EXTENSION,
+                **options,
+            )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.weight_names = _checkpoint_names(Path(model_path))
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        """`params.n` completions per prompt, in prompt order.
+
+        With `params.seed` set, prompt i draws from seeds seed + i*n ... (vLLM gives the n
+        children of a request seed + index), so repeated prompts still get distinct samples.
+        """
+        enc = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        inputs = [{"prompt_token_ids": ids} for ids in enc]
+        sampling = [self._sampling(params, i) for i in range(len(prompts))]
+        outputs = self.llm.generate(inputs, sampling, use_tqdm=False)
+        return [
+            [self._completion(prompt, ids, o) for o in sorted(out.outputs, key=lambda o: o.index)]
+            for prompt, ids, out in zip(prompts, enc, outputs, strict=True)
+        ]
+
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load learner weights (HF names) into every worker; all checkpoint tensors must be
+        given (checked first: vLLM's in-place reload does not undo a partial update)."""
+        missing = sorted(self.weight_names - set(state_dict))
+        if missing:
+            raise KeyError(f"weights do not match the model: missing {missing}")
+        with _tensor_file(state_dict) as path:
+            self.llm.collective_rpc("load_weights_from_file", args=(path,))
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        """Stop vLLM's engine processes now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def _sampling(self, params: SamplingParams, index: int) -> vllm.SamplingParams:
+        seed = None if params.seed is None else params.seed + index * params.n
+        return vllm.SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=seed,
+            logprobs=self.entropy_topk,  # the sampled token's logprob always comes too
+            skip_special_tokens=True,
+        )
+
+    def _completion(self, prompt: str, prompt_ids: list[int], out: Any) -> Completion:
+        tokens = list(out.token_ids)
+        steps = out.logprobs or []
+        logprobs = [step[t].logprob for t, step in zip(tokens, steps, strict=True)]
+        entropies = [_topk_entropy(step) for step in steps] if self.entropy_topk else []
+        return Completion(
+            prompt=prompt,
+            text=out.text,
+            prompt_ids=prompt_ids,
+            token_ids=tokens,
+            logprobs=logprobs,
+            entropies=entropies,
+            finished=out.finish_reason == "stop",
+        )
+
+
+def _topk_entropy(step: Mapping[int, Any]) -> float:
+    """-sum p log p over the tokens vLLM returned for one step (a lower bound of H)."""
+    total = 0.0
+    for entry in step.values():
+        if entry.logprob > float("-inf"):
+            total -= math.exp(entry.logprob) * entry.logprob
+    return total
+
+
+def _checkpoint_names(folder: Path) -> set[str]:
+    """Tensor names in a model folder's safetensors files (read from the headers only)."""
+    names: set[str] = set()
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            names.update(f.keys())
+    return names
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Environment for the worker processes vLLM starts: `threads` OpenMP threads, no pinning."""
+    if not threads:
+        yield
+        return
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _tensor_file(state_dict: Mapping[str, torch.Tensor]) -> Iterator[str]:
+    """The state dict in a temporary file, in RAM (/dev/shm) where the system has one."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    fd, path = tempfile.mkstemp(prefix="omnisched-weights-", suffix=".pt", dir=folder)
+    os.close(fd)
+    try:
+        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, path)
+        yield path
+    finally:
+        os.unlink(path)

