@@ -8,8 +8,6 @@ warm start -> baseline eval -> for each phase: policy picks domain(s) -> GRPO st
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import itertools
 import json
 import logging
@@ -29,7 +27,7 @@ from omnisched.model import cache as model_cache
 from omnisched.orchestration.backend import Backend, make_backend
 from omnisched.orchestration.checkpoint import latest_checkpoint, truncate_metrics, write_checkpoint
 from omnisched.orchestration.services import RewardWorker, SchedulerService
-from omnisched.orchestration.workers import LearnerWorker, RolloutWorker
+from omnisched.orchestration.workers import LearnerWorker, RolloutWorker, release_freed_memory
 from omnisched.rollout.base import Completion, SamplingParams
 from omnisched.schedule.state import Evaluation, SchedulerState
 
@@ -48,13 +46,6 @@ def mixture_counts(weights: dict[str, float], n: int) -> dict[str, int]:
     for d in by_remainder[: n - sum(counts.values())]:
         counts[d] += 1
     return counts
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and return freed heap pages to the OS (glibc keeps them otherwise)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Controller:
@@ -211,7 +202,7 @@ class Controller:
             if pool == "rollout":
                 workers[i] = self._spawn_rollout(self.model_path)
                 if state is None:
-                    state = self.backend.put(self._ask(self.learner, "state_dict"))
+                    state = self.backend.call(self.learner, "state_dict")  # stays a ref
                 self._ask(workers[i], "update_weights", state)
             else:
                 workers[i] = self._spawn_rewarder()
@@ -385,7 +376,9 @@ class Controller:
         learn = self._ask(self.learner, "train_groups", scored)
         trained = int(learn.pop("samples_trained", 0))
         if trained:  # a batch whose groups all tie carried no gradient: weights are unchanged
-            state = self.backend.put(self._ask(self.learner, "state_dict"))
+            # a future, not the tensors: under Ray the weights go learner -> object store ->
+            # rollout workers without being deserialised in the (torch-free) driver
+            state = self.backend.call(self.learner, "state_dict")
             self._gather_pool(
                 "rollout", [(i, "update_weights", (state,)) for i in range(len(self.rollout))]
             )
