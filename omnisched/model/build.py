@@ -55,6 +55,13 @@ def save_model(
     return path
 
 
+def cpu_attention(device_type: str) -> str | None:
+    """ "eager" attention on CPU: for the short sequences of the tiny recipes it measured ~17%
+    faster than SDPA for fwd+bwd (SFT steps: 0.45 vs 0.55 s) and 1.3-1.5x for decoding; None
+    (transformers' default) elsewhere."""
+    return "eager" if device_type == "cpu" else None
+
+
 def load_model(
     path: str | Path, dtype: str = "float32", attn_implementation: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

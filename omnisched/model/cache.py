@@ -16,7 +16,7 @@ from pathlib import Path
 from omnisched.config.schema import ModelConfig
 from omnisched.errors import DataError
 
-FORMAT_VERSION = 4  # bump when the tokenizer, model builder or SFT recipe changes
+FORMAT_VERSION = 5  # bump when the tokenizer, model builder or SFT recipe changes
 Demo = tuple[str, str]
 
 

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from omnisched.config.schema import ModelConfig
-from omnisched.model.build import build_tiny_model, save_model
+from omnisched.model.build import build_tiny_model, cpu_attention, save_model
 from omnisched.model.cache import FORMAT_VERSION, Demo, cache_key, resolve
 from omnisched.model.tokenizer import build_char_tokenizer
 
@@ -92,6 +92,8 @@ def sft(
     ws = model_cfg.warm_start
     data = encode_demos(tokenizer, demos, model_cfg.tiny.max_position_embeddings)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if (attn := cpu_attention(device.type)) is not None:
+        model.set_attn_implementation(attn)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=ws.lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(ws.steps))

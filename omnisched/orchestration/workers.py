@@ -31,6 +31,16 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def freeze_long_lived() -> None:
+    """Move everything alive now (torch, transformers, the model) out of the collector's view.
+
+    Called once a worker is built: `release_freed_memory` then scans only what later calls
+    create. Measured: a full collection over the ~360k objects of a loaded worker took
+    0.16-0.17 s per call against 0.015 s for a tiny-model generate; after the freeze, ~0 s."""
+    gc.collect()
+    gc.freeze()
+
+
 def _quiet_worker(threads: int | None) -> None:
     """Thread count, and no per-load progress bars from transformers in the run's output."""
     import torch
@@ -51,6 +61,7 @@ class RolloutWorker:
 
         _quiet_worker(threads)
         self.engine = ENGINES.get(backend)(model_path, dtype=dtype, threads=threads)
+        freeze_long_lived()
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         out = self.engine.generate(prompts, params)
@@ -77,17 +88,19 @@ class LearnerWorker:
         import torch
 
         from omnisched.learner import LEARNERS
-        from omnisched.model import load_model
+        from omnisched.model.build import cpu_attention, load_model
 
         _quiet_worker(threads)
         torch.manual_seed(seed)
-        model, tokenizer = load_model(model_path, dtype="float32")
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, tokenizer = load_model(model_path, "float32", cpu_attention(device))
+        model.to(device)
         self.learner = LEARNERS.get(backend)(
             model, cfg, pad_token_id=tokenizer.pad_token_id, max_completion_len=max_completion_len
         )
         self.tokenizer = tokenizer
         self.cfg = cfg
+        freeze_long_lived()
 
     def train_groups(self, groups: Sequence[ScoredGroup]) -> dict[str, float]:
         """Group-relative advantages, then one optimizer step on the samples that carry signal

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from omnisched.model.build import load_model
+from omnisched.model.build import cpu_attention, load_model
 from omnisched.rollout.base import Completion, SamplingParams
 
 
@@ -37,7 +37,7 @@ class HFEngine:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        attn = attn_implementation or ("eager" if self.device.type == "cpu" else None)
+        attn = attn_implementation or cpu_attention(self.device.type)
         self.model, self.tokenizer = load_model(model_path, dtype, attn)
         self.model.to(self.device).eval()
         self.eos = self.tokenizer.eos_token_id
