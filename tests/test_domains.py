@@ -46,6 +46,28 @@ def test_code_demonstration_passes_its_tests_and_a_wrong_one_fails():
             exec(ex.columns["code_prefix"] + ex.demonstration + "+1\n" + ex.columns["tests"], {})
 
 
+def test_worked_demonstrations_score_full_marks_through_the_real_verifiers():
+    """`show_work` demonstrations (math counting, code slope as a subtraction) are a second
+    strategy: each must score exactly like the plain answer through the domain's verifier."""
+    import rewards
+
+    math = make("math", max_operand=100, max_second=5, ops="+-", show_work=1.0)
+    code = make("code", max_slope=6, max_offset=50, show_work=1.0)
+    for dom, verifier in ((math, "math"), (code, "code")):
+        batch = dom.train_batch(random.Random(0), 40)
+        worked = [ex for ex in batch if ex.demonstration.startswith(("count ", "("))]
+        assert len(worked) >= 20, dom.name  # only b = 0 (math) stays a plain answer
+        cols = {k: [ex.columns[k] for ex in worked] for k in worked[0].columns}
+        scores = rewards.score_batch(
+            rewards.get(verifier), [ex.demonstration for ex in worked], cols, max_workers=1
+        )
+        assert [float(s) for s in scores] == [1.0] * len(worked), (dom.name, scores)
+    plain = make("math", ops="+", show_work=0.0).train_batch(random.Random(0), 5)
+    assert all(ex.demonstration.isdigit() for ex in plain)
+    with pytest.raises(ConfigError, match=r"options.show_work must be in \[0, 1\]"):
+        make("code", show_work=1.5)
+
+
 def test_qa_answer_is_the_asked_fact_of_the_asked_person():
     dom = make("qa", people=3, attributes=2)
     for ex in dom.train_batch(random.Random(0), 100):
