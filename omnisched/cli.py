@@ -81,14 +81,27 @@ def run(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
-    """Regenerate report.md (and plots) from a run directory's scheduler_state.json."""
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run or reproduction directory")],
+) -> None:
+    """Regenerate report.md (and plots) from a run directory's scheduler_state.json, or from a
+    reproduction directory's results.json."""
     from omnisched.metrics import write_report
     from omnisched.schedule.state import SchedulerState
 
+    if (run_dir / "results.json").is_file():
+        from omnisched.repro.results import refresh_outputs
+
+        typer.echo(str(refresh_outputs(run_dir)))
+        return
     state_path = run_dir / "scheduler_state.json"
     if not state_path.is_file():
-        _fail(OmniError(f"{run_dir}: no scheduler_state.json (is this a run directory?)"))
+        _fail(
+            OmniError(
+                f"{run_dir}: no scheduler_state.json or results.json "
+                "(is this a run or reproduction directory?)"
+            )
+        )
     out = write_report(
         run_dir, SchedulerState.load(state_path), title=f"omnisched run `{run_dir.name}`"
     )

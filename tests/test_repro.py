@@ -92,9 +92,10 @@ def test_relative_gain_and_mean_std():
     assert mean_std([0.5])["std"] == 0.0
 
 
-def _rec(acc, ent=None, bwt=None, level=None):
+def _rec(acc, ent=None, bwt=None, level=None, online=None):
     ent = ent or {d: 1.0 for d in acc}
     return {
+        "online_prediction_mae": online or [],
         "accuracy": acc,
         "entropy": ent,
         "entropy_history": {d: [1.0, ent[d]] for d in acc},
@@ -112,7 +113,9 @@ def _synthetic(curr_a: float):
             "arms": {
                 "base": _rec({"a": 0.2, "b": 0.4}),
                 "joint": _rec({"a": 0.5, "b": 0.5}),
-                "bwt": _rec({"a": curr_a, "b": 0.6}, {"a": 0.5, "b": 0.3}, -0.1, {"a": 0.9}),
+                "bwt": _rec(
+                    {"a": curr_a, "b": 0.6}, {"a": 0.5, "b": 0.3}, -0.1, {"a": 0.9}, [0.2, 0.1]
+                ),
                 "merge-ta": _rec({"a": 0.3, "b": 0.3}),
                 "merge-ties": _rec({"a": 0.4, "b": 0.4}),
             },
@@ -136,7 +139,9 @@ def _synthetic(curr_a: float):
             "arms": {
                 "base": _rec({"a": 0.2, "b": 0.4}),
                 "joint": _rec({"a": 0.7, "b": 0.5}),
-                "bwt": _rec({"a": curr_a, "b": 0.8}, {"a": 0.5, "b": 0.3}, -0.3, {"a": 0.9}),
+                "bwt": _rec(
+                    {"a": curr_a, "b": 0.8}, {"a": 0.5, "b": 0.3}, -0.3, {"a": 0.9}, [0.4, 0.3]
+                ),
                 "merge-ta": _rec({"a": 0.3, "b": 0.3}),
                 "merge-ties": _rec({"a": 0.4, "b": 0.6}),
             },
@@ -179,6 +184,12 @@ def test_results_and_report_say_when_the_curriculum_loses(tmp_path):
     assert "Forgotten after their own phase" in text and "a 0.800" in text  # 0.9 - 0.1
     assert "Entropy change of open-ended 'b'" in text
     assert "(avg_curriculum - avg_other) / avg_other * 100" in text
+    # the planner's online prediction error, per decision, over the two seeds
+    online = saved["online_prediction_mae"]
+    assert list(online) == ["bwt"] and [c["n"] for c in online["bwt"]] == [2, 2]
+    assert [c["mean"] for c in online["bwt"]] == pytest.approx([0.3, 0.2])
+    assert [c["std"] for c in online["bwt"]] == pytest.approx([0.1414214] * 2, rel=1e-5)
+    assert "## Planner's online predictions" in text and "0.300 ± 0.141" in text
     for png in ("accuracy_bars.png", "entropy.png", "orders.png"):
         assert (tmp_path / png).stat().st_size > 0
 
@@ -239,3 +250,20 @@ def test_reproduce_command_quick_end_to_end(tmp_path):
     bwt_order = results["per_seed"]["0"]["bwt"]["order"]
     assert results["per_seed"]["0"]["reverse"]["order"] == bwt_order[::-1]
     assert (out / "report.md").read_text().count("## ") >= 5
+    assert results["online_prediction_mae"]["bwt"]  # the bwt policy predicted at each decision
+    # `omnisched report OUT` regenerates the report from results.json and the runs' states
+    del results["online_prediction_mae"]
+    for arms in results["per_seed"].values():
+        for rec in arms.values():
+            rec.pop("online_prediction_mae", None)
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "report.md").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "omnisched.cli", "report", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "## Planner's online predictions" in (out / "report.md").read_text()
+    assert json.loads((out / "results.json").read_text())["online_prediction_mae"]["bwt"]

@@ -29,6 +29,7 @@ def render_report(results: dict[str, Any], plots: Sequence[Path] = ()) -> str:
     lines += _verdict(results, domains)
     lines += _diagnostics(results, domains)
     lines += _orders(results, domains)
+    lines += _online(results)
     lines += _compute(results)
     lines += _method(results)
     if plots:
@@ -172,6 +173,25 @@ def _orders(results: dict[str, Any], domains: Sequence[str]) -> list[str]:
     for seed, rc in results["rank_correlation"].items():
         rho = "n/a" if rc["rho"] is None else f"{rc['rho']:+.2f}"
         out.append(f"\n- seed {seed}: rho = {rho} over {rc['orders']} orders")
+    return out
+
+
+def _online(results: dict[str, Any]) -> list[str]:
+    online = results.get("online_prediction_mae") or {}
+    if not online:
+        return []
+    out = ["", "## Planner's online predictions", ""]
+    out.append(
+        "At each phase boundary the bwt policy predicts every domain's final accuracy for the "
+        "order it picks (scheduler_state.json, `predicted_final`); the error is the MAE of that "
+        "prediction against the final measured accuracies, mean ± std over seeds."
+    )
+    depth = max(len(v) for v in online.values())
+    out += ["", "| arm | " + " | ".join(f"decision {k}" for k in range(depth)) + " |"]
+    out.append("|---" * (depth + 1) + "|")
+    for arm, cells in online.items():
+        row = [_ms(c) for c in cells] + ["n/a"] * (depth - len(cells))
+        out.append(f"| {arm} | " + " | ".join(row) + " |")
     return out
 
 

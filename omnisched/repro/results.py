@@ -134,6 +134,23 @@ def rank_correlations(per_seed: Mapping[Any, Mapping[str, Any]]) -> dict[str, An
     return out
 
 
+def online_predictions(per_seed: Mapping[Any, Mapping[str, Any]]) -> dict[str, list[dict]]:
+    """Per arm whose policy predicted online (bwt): the MAE of the prediction made at decision
+    k against the measured final accuracies, mean and std over seeds, k = 0, 1, ..."""
+    out: dict[str, list[dict]] = {}
+    arms = {a for s in per_seed.values() for a in s["arms"]}
+    for arm in sorted(arms):
+        series = [
+            s["arms"][arm].get("online_prediction_mae") or []
+            for s in per_seed.values()
+            if arm in s["arms"]
+        ]
+        depth = min((len(x) for x in series), default=0)
+        if depth:
+            out[arm] = [mean_std([x[k] for x in series]) for k in range(depth)]
+    return out
+
+
 def build_results(recipe, arms, compute, per_seed, opts) -> dict[str, Any]:
     """Everything results.json holds; derived only from the per-seed records."""
     domains = [d.name for d in recipe.domains]
@@ -166,8 +183,28 @@ def build_results(recipe, arms, compute, per_seed, opts) -> dict[str, Any]:
         "diagnostics": diagnostics(per_seed, names, domains),
         "orders": {str(seed): s.get("orders", []) for seed, s in per_seed.items()},
         "rank_correlation": rank_correlations(per_seed),
+        "online_prediction_mae": online_predictions(per_seed),
         "per_seed": {str(seed): s["arms"] for seed, s in per_seed.items()},
     }
+
+
+def refresh_outputs(out: Path) -> Path:
+    """Regenerate a reproduction's report.md and plots from its results.json, filling in the
+    online prediction errors from the runs' scheduler states when results.json predates them."""
+    from omnisched.repro.runner import online_prediction_mae
+    from omnisched.schedule.state import SchedulerState
+
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    for seed, arms in results["per_seed"].items():
+        for arm, rec in arms.items():
+            state_path = out / f"seed-{seed}" / arm / "scheduler_state.json"
+            if "online_prediction_mae" not in rec and state_path.is_file():
+                state = SchedulerState.load(state_path)
+                rec["online_prediction_mae"] = online_prediction_mae(state)
+    per_seed = {seed: {"arms": arms} for seed, arms in results["per_seed"].items()}
+    results["online_prediction_mae"] = online_predictions(per_seed)
+    return write_outputs(out, results)
 
 
 def write_outputs(out: Path, results: dict[str, Any]) -> Path:

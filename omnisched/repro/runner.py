@@ -27,6 +27,7 @@ from omnisched.repro.arms import (
 )
 from omnisched.schedule.planner import TransferModel, predict_final
 from omnisched.schedule.policies import estimate_transfer
+from omnisched.schedule.prediction import prediction_error
 from omnisched.schedule.state import Evaluation, SchedulerState
 
 log = logging.getLogger(__name__)
@@ -197,9 +198,23 @@ def run_record(state: SchedulerState, run_dir: Path, group: int) -> dict[str, An
         "bwt": state.bwt(),
         "fwt": state.fwt(),
         "level_after_own_phase": level,
+        "online_prediction_mae": online_prediction_mae(state),
         "measured": measured_compute([run_dir], state.domains, group),
         "runs": [run_dir.name],
     }
+
+
+def online_prediction_mae(state: SchedulerState) -> list[float]:
+    """MAE of each decision's predicted final accuracies (made online, when the phase was
+    chosen) against the accuracies measured at the end; empty when the policy predicts none."""
+    final = state.current()
+    if final is None:
+        return []
+    return [
+        float(prediction_error(p.predicted_final, final.accuracy)["mae"])
+        for p in state.phases
+        if p.predicted_final
+    ]
 
 
 def predicted_orders(
