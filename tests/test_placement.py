@@ -11,11 +11,14 @@ from omnisched.cli import app
 from omnisched.config import load_recipe
 from omnisched.config.schema import Recipe
 from omnisched.errors import ConfigError
+from omnisched.orchestration.backend import InlineBackend
+from omnisched.orchestration.controller import Controller
 from omnisched.orchestration.placement import (
     check_fit,
     cluster_of,
     placement_report,
     plan_placement,
+    unsupported_by_controller,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,3 +185,71 @@ def test_paper_recipe_fits_its_two_node_cluster():
     assert plan["placement_plan"]["totals"]["GPU"] == 16.0
     assert plan["target_cluster"]["fits"] is True
     assert cluster_of(r) == [{"GPU": 8.0, "CPU": 96.0}] * 2
+
+
+def test_run_refuses_what_the_controller_cannot_start_yet():
+    r = load_recipe(PAPER, ["rollout.backend=hf", "learner.backend=torch"])
+    problems = unsupported_by_controller(r)
+    assert [p.split(":")[0].split("=")[0] for p in problems] == [
+        "placement.learner_workers",
+        "placement.colocate with GPUs",
+    ]
+    assert unsupported_by_controller(load_recipe(TINY)) == []
+
+
+class _Recorder(InlineBackend):
+    """The in-process backend, recording each spawn's resource request."""
+
+    def __init__(self):
+        self.requests = {}
+
+    def spawn(self, cls, *args, num_cpus=1.0, num_gpus=0.0, **kwargs):
+        self.requests[cls.__name__] = (num_cpus, num_gpus)
+        return super().spawn(cls, *args, num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+
+
+def test_actors_ask_ray_for_the_gpus_the_recipe_gives_them(tmp_path):
+    """A real local Ray with 2 logical GPUs: an actor asking for one sees exactly one; the
+    controller's spawns carry the recipe's rollout and learner GPU counts."""
+    import ray
+
+    from omnisched.config.schema import RayConfig
+    from omnisched.orchestration.backend import RayBackend
+
+    class _Probe:  # defined here so that Ray pickles it by value into its workers
+        def gpus(self):
+            import os
+
+            import ray
+
+            return ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
+    try:
+        backend = RayBackend(RayConfig())
+        one, none = backend.spawn(_Probe, num_gpus=1), backend.spawn(_Probe, num_cpus=0)
+        (ids_one, env_one), (ids_none, env_none) = backend.gather(
+            [backend.call(one, "gpus"), backend.call(none, "gpus")]
+        )
+        assert len(ids_one) == 1 and env_one == str(ids_one[0])
+        assert ids_none == [] and not env_none
+    finally:
+        ray.shutdown()
+
+    from test_e2e import SMALL
+
+    r = load_recipe(
+        TINY,
+        [
+            *SMALL,
+            "rollout.gpus_per_worker=1",
+            "placement.learner_gpus_per_worker=1",
+            f"model.warm_start.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    recorder = _Recorder()
+    ctrl = Controller(r, tmp_path / "run")
+    ctrl.setup(recorder)
+    assert recorder.requests["RolloutWorker"] == (1.0, 1.0)
+    assert recorder.requests["LearnerWorker"] == (1.0, 1.0)
+    assert recorder.requests["RewardWorker"][1] == 0.0

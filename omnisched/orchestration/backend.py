@@ -14,7 +14,9 @@ from omnisched.config.schema import RayConfig
 
 
 class Backend(Protocol):
-    def spawn(self, cls: type, *args: Any, num_cpus: float = 1.0, **kwargs: Any) -> Any: ...
+    def spawn(
+        self, cls: type, *args: Any, num_cpus: float = 1.0, num_gpus: float = 0.0, **kwargs: Any
+    ) -> Any: ...
 
     def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         """Start `worker.method(*args)`; returns a future for `gather`."""
@@ -47,7 +49,9 @@ class Backend(Protocol):
 class InlineBackend:
     """Every worker is a plain object in this process; calls run sequentially."""
 
-    def spawn(self, cls: type, *args: Any, num_cpus: float = 1.0, **kwargs: Any) -> Any:
+    def spawn(
+        self, cls: type, *args: Any, num_cpus: float = 1.0, num_gpus: float = 0.0, **kwargs: Any
+    ) -> Any:
         return cls(*args, **kwargs)
 
     def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -97,8 +101,11 @@ class RayBackend:
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
             ray.init(**kwargs)
 
-    def spawn(self, cls: type, *args: Any, num_cpus: float = 1.0, **kwargs: Any) -> Any:
-        actor_cls = self.ray.remote(num_cpus=num_cpus)(cls)
+    def spawn(
+        self, cls: type, *args: Any, num_cpus: float = 1.0, num_gpus: float = 0.0, **kwargs: Any
+    ) -> Any:
+        # Ray hides every GPU (CUDA_VISIBLE_DEVICES="") from an actor that asked for none
+        actor_cls = self.ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(cls)
         return actor_cls.remote(*args, **kwargs)
 
     def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -21,11 +21,13 @@ import yaml
 
 from omnisched.config.schema import Recipe
 from omnisched.domains import Domain, Example, build_domain
+from omnisched.errors import OmniError
 from omnisched.learner.base import ScoredGroup
 from omnisched.metrics import MetricsLogger, write_report
 from omnisched.model import cache as model_cache
 from omnisched.orchestration.backend import Backend, make_backend
 from omnisched.orchestration.checkpoint import latest_checkpoint, truncate_metrics, write_checkpoint
+from omnisched.orchestration.placement import unsupported_by_controller
 from omnisched.orchestration.services import RewardWorker, SchedulerService
 from omnisched.orchestration.workers import LearnerWorker, RolloutWorker, release_freed_memory
 from omnisched.rollout.base import Completion, SamplingParams
@@ -73,6 +75,9 @@ class Controller:
     def setup(self, backend: Backend) -> None:
         r = self.recipe
         self.backend = backend
+        problems = unsupported_by_controller(r)
+        if problems:
+            raise OmniError("; ".join(problems))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(r.model_dump(mode="json")))
         t0 = time.perf_counter()
@@ -90,7 +95,8 @@ class Controller:
             r.run.threads,
             r.run.seed,
             r.rollout.max_new_tokens,
-            num_cpus=1,
+            num_cpus=r.placement.learner_cpus_per_worker,
+            num_gpus=r.placement.learner_gpus_per_worker,
         )
         if self.start:
             self._ask(self.learner, "load_trainer_state", weights)
@@ -118,6 +124,7 @@ class Controller:
             r.model.dtype,
             r.run.threads,
             num_cpus=r.rollout.cpus_per_worker,
+            num_gpus=r.rollout.gpus_per_worker,
         )
 
     def _spawn_rewarder(self) -> Any:

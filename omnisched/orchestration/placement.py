@@ -113,6 +113,26 @@ def _colocated_bundles(workers: int, gpus_per_worker: float, gpus_per_bundle: fl
     return out
 
 
+def unsupported_by_controller(recipe: Recipe) -> list[str]:
+    """Placements `--dry-run` can plan but `omnisched run` cannot start yet, each naming the field.
+
+    The controller starts one learner actor (DeepSpeed ranks are tested as a torch.distributed
+    world of their own, not yet spawned by the controller), and it gives each actor the GPUs it
+    asks for, so engines and learner cannot time-share GPUs yet."""
+    pl, problems = recipe.placement, []
+    if pl.learner_workers > 1:
+        problems.append(
+            f"placement.learner_workers={pl.learner_workers}: the controller starts one learner "
+            "actor; multi-rank learners are not wired into `omnisched run` yet"
+        )
+    if pl.colocate and (pl.learner_gpus_per_worker > 0 or recipe.rollout.gpus_per_worker > 0):
+        problems.append(
+            "placement.colocate with GPUs: engines and learner cannot time-share GPUs in "
+            "`omnisched run` yet; set placement.colocate: false"
+        )
+    return problems
+
+
 def cluster_of(recipe: Recipe) -> list[dict[str, float]] | None:
     """The target cluster a recipe describes (`placement.nodes`), as one resource dict per node."""
     pl = recipe.placement
