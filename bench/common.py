@@ -221,10 +221,9 @@ def quiet() -> None:
 def cpu_attention() -> str:
     """The attention implementation omnisched's workers load models with on CPU ("eager");
     the peers get the same one."""
-    from omnisched.model import build
+    from omnisched.model.build import cpu_attention as omnisched_choice
 
-    pick = getattr(build, "cpu_attention", None)
-    return (pick("cpu") if pick else None) or "eager"
+    return omnisched_choice("cpu") or "eager"
 
 
 # ---- timing ---------------------------------------------------------------------------------
