@@ -80,6 +80,16 @@ def sft_model(smoke: bool = False, threads: int = 2, seed: int = 0) -> Path:
     return Path(warm_start(model_cfg, demonstrations(recipe, fraction, seed), seed, threads))
 
 
+def recipe_model(threads: int = 2, seed: int = 0) -> Path:
+    """recipes/tiny.yaml's own warm start (300 SFT steps on all its demonstrations), from
+    omnisched's warm-start cache: the same key as `omnisched run recipes/tiny.yaml`, so a machine
+    that ran the recipe reuses its model; otherwise trained here once (3-5 min on 2 cores)."""
+    from omnisched.model import warm_start
+
+    recipe = tiny_recipe()
+    return Path(warm_start(recipe.model, demonstrations(recipe, 1.0, seed), seed, threads))
+
+
 def math_examples(n: int, seed: int = 0) -> list:
     """`n` training examples of the tiny recipe's `math` domain (prompt + `answer` column)."""
     from omnisched.domains import build_domain

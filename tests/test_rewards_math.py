@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import rewards
-from rewards.math_answer import extract_answer, last_boxed
+from rewards.math_answer import INTEGER, equivalent, extract_answer, last_boxed
 
 # (gold, predicted answer, equivalent?)
 EQUIVALENCE = [
@@ -112,3 +112,31 @@ def test_math_reasons() -> None:
 def test_math_accepts_and_ignores_trl_columns() -> None:
     out = rewards.get("math")(["\\boxed{2}"], answer=["2"], prompts=["1+1?"], extra=[object()])
     assert out == [1.0]
+
+
+INTEGER_PAIRS = [
+    ("7", "7"),
+    ("7", "007"),
+    ("-0", "0"),
+    ("-5", "5"),
+    ("12", "13"),
+    ("100", "1e2"),
+    ("42", "42.0"),
+    ("3", "3/1"),
+    ("-17", "-17"),
+    ("0", "00"),
+    ("123456789", "123456789"),
+]
+
+
+@pytest.mark.parametrize(("gold", "predicted"), INTEGER_PAIRS)
+def test_integer_fast_path_agrees_with_math_verify(gold: str, predicted: str) -> None:
+    """Where both sides are plain integers the verifier skips math-verify; its verdict must be
+    the one math-verify gives (pairs that are not both integers still go through math-verify)."""
+    from math_verify import parse, verify
+
+    assert bool(INTEGER.fullmatch(gold) and INTEGER.fullmatch(predicted)) == (
+        "." not in predicted and "/" not in predicted and "e" not in predicted
+    )
+    expected = bool(verify(parse(f"${gold}$"), parse(f"${predicted}$")))
+    assert equivalent(gold, predicted) is expected
