@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from omnisched.cli import app
 from omnisched.config import load_recipe
 from omnisched.config.schema import Recipe
-from omnisched.errors import ConfigError
+from omnisched.errors import ConfigError, OmniError
 from omnisched.orchestration.backend import InlineBackend
 from omnisched.orchestration.controller import Controller
 from omnisched.orchestration.placement import (
@@ -27,7 +27,8 @@ PAPER = ROOT / "recipes/omni-thinker-7b.yaml"
 
 
 def _recipe(**sections) -> Recipe:
-    return Recipe.model_validate({"domains": [{"name": "m", "type": "math"}], **sections})
+    base = {"domains": [{"name": "m", "type": "math"}], "learner": {"backend": "deepspeed"}}
+    return Recipe.model_validate({**base, **sections})
 
 
 def test_separate_gpus_one_bundle_per_actor():
@@ -175,9 +176,9 @@ def test_dry_run_fails_when_the_described_cluster_is_too_small():
 
 
 def test_paper_recipe_fits_its_two_node_cluster():
-    # vllm / deepspeed backends register elsewhere; their names are swapped here so that this
-    # test checks the schema and the placement of the paper recipe whatever is installed
-    r = load_recipe(PAPER, ["rollout.backend=hf", "learner.backend=torch"])
+    # the vllm backend registers elsewhere; its name is swapped here so that this test checks
+    # the schema and the placement of the paper recipe whatever is installed
+    r = load_recipe(PAPER, ["rollout.backend=hf"])
     assert r.placement.colocate and r.rollout.tensor_parallel == 2
     text, problems = placement_report(r)
     assert problems == []
@@ -188,23 +189,30 @@ def test_paper_recipe_fits_its_two_node_cluster():
 
 
 def test_run_refuses_what_the_controller_cannot_start_yet():
-    r = load_recipe(PAPER, ["rollout.backend=hf", "learner.backend=torch"])
+    r = load_recipe(PAPER, ["rollout.backend=hf"])
     problems = unsupported_by_controller(r)
-    assert [p.split(":")[0].split("=")[0] for p in problems] == [
-        "placement.learner_workers",
-        "placement.colocate with GPUs",
-    ]
+    assert [p.split(":")[0] for p in problems] == ["placement.colocate with GPUs"]
+    inline = load_recipe(
+        PAPER, ["rollout.backend=hf", "placement.colocate=false", "ray.enabled=false"]
+    )
+    (problem,) = unsupported_by_controller(inline)
+    assert problem.startswith("placement.learner_workers=16 needs ray.enabled: true")
     assert unsupported_by_controller(load_recipe(TINY)) == []
+    assert unsupported_by_controller(load_recipe(TINY, ["ray.enabled=false"])) == []
 
 
 class _Recorder(InlineBackend):
     """The in-process backend, recording each spawn's resource request."""
 
     def __init__(self):
-        self.requests = {}
+        self.requests, self.bundles, self.reserved = {}, {}, None
 
-    def spawn(self, cls, *args, num_cpus=1.0, num_gpus=0.0, **kwargs):
+    def reserve(self, bundles, strategy, timeout_s=0.0):
+        self.reserved = (bundles, strategy)
+
+    def spawn(self, cls, *args, num_cpus=1.0, num_gpus=0.0, bundle=None, **kwargs):
         self.requests[cls.__name__] = (num_cpus, num_gpus)
+        self.bundles[cls.__name__] = bundle
         return super().spawn(cls, *args, num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
 
 
@@ -224,6 +232,11 @@ def test_actors_ask_ray_for_the_gpus_the_recipe_gives_them(tmp_path):
 
             return ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")
 
+        def group(self):
+            import ray
+
+            return ray.get_runtime_context().get_placement_group_id()
+
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
     try:
         backend = RayBackend(RayConfig())
@@ -233,6 +246,17 @@ def test_actors_ask_ray_for_the_gpus_the_recipe_gives_them(tmp_path):
         )
         assert len(ids_one) == 1 and env_one == str(ids_one[0])
         assert ids_none == [] and not env_none
+        backend.kill(one)
+
+        # the placement group: all bundles held at once, actors placed in their bundle
+        backend.reserve([{"CPU": 1.0}, {"CPU": 0.5, "GPU": 1.0}], "PACK")
+        inside = backend.spawn(_Probe, num_cpus=0.5, num_gpus=1, bundle=1)
+        assert backend.gather([backend.call(inside, "group")])[0] == backend.pg.id.hex()
+        assert ray.available_resources().get("CPU", 0) <= 0.5 + 1e-6  # 1.5 of 2 held
+        with pytest.raises(OmniError, match=r"reserve 2 bundles .*1 of 2 bundles fit on no"):
+            backend.reserve([{"CPU": 2.0}, {"CPU": 1.0}], "PACK", timeout_s=1.0)
+        assert backend.pg is None  # the failed group was removed, the earlier one released
+        backend.reserve([{"CPU": 2.0}], "PACK", timeout_s=30.0)  # so 2 CPUs are free again
     finally:
         ray.shutdown()
 
@@ -253,3 +277,11 @@ def test_actors_ask_ray_for_the_gpus_the_recipe_gives_them(tmp_path):
     assert recorder.requests["RolloutWorker"] == (1.0, 1.0)
     assert recorder.requests["LearnerWorker"] == (1.0, 1.0)
     assert recorder.requests["RewardWorker"][1] == 0.0
+    # every actor in its own bundle of the one placement group the plan describes
+    assert recorder.reserved == (plan_placement(r).bundles, "PACK")
+    assert recorder.bundles == {
+        "LearnerWorker": 0,
+        "RolloutWorker": 1,
+        "RewardWorker": 2,
+        "SchedulerService": None,
+    }

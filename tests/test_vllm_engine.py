@@ -120,3 +120,41 @@ def test_greedy_equals_the_hf_engine_and_follows_weight_updates(engine, folders)
     random, _ = load_model(folders["random"], "float32")
     engine.update_weights(random.state_dict())
     assert greedy() == before
+
+
+def test_greedy_follows_weights_received_by_broadcast(engine, folders):
+    """The engine's worker joins a gloo group with a sender thread here (rank 0), receives the
+    trained weights (greedy = the trained HF model's), then the random ones over the same group."""
+    import socket
+    import threading
+
+    from omnisched.rollout import weight_sync as ws
+
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    trained = load_model(folders["trained"], "float32")[0].state_dict()
+    random = load_model(folders["random"], "float32")[0].state_dict()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            group = ws.join("127.0.0.1", port, 0, 2, timeout_s=120)
+            for state in (trained, random):
+                ws.send(group, state)
+        except BaseException as exc:
+            errors.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    assert engine.join_weight_group("127.0.0.1", port, world_size=2) == [1]
+    assert engine.receive_weights(ws.weights_meta(trained)) == len(trained)
+    after = [(g[0].token_ids, g[0].finished) for g in engine.generate(PROMPTS, params)]
+    engine.receive_weights(ws.weights_meta(random))
+    sender.join(timeout=60)
+    assert not errors and not sender.is_alive()
+    assert after == hf_greedy(folders["trained"], 12)
+    assert after[0][1] and after[1][1]  # the trained model copies the word and stops
+    restored = [(g[0].token_ids, g[0].finished) for g in engine.generate(PROMPTS, params)]
+    assert restored == hf_greedy(folders["random"], 12)

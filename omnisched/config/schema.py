@@ -120,6 +120,13 @@ class RolloutConfig(Strict):
     max_new_tokens: int = Field(24, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    weight_sync: Literal["object_store", "broadcast"] = Field(
+        "object_store",
+        description="how learner weights reach the engines after each step: object_store sends "
+        "the state dict through Ray's object store; broadcast sends only names, dtypes and shapes "
+        "and streams the tensors over a gloo (CPU) or NCCL (GPU) group of learner rank 0 and the "
+        "engines (needs ray.enabled: true)",
+    )
 
     @model_validator(mode="after")
     def _tensor_parallel_gpus(self) -> RolloutConfig:
@@ -246,6 +253,16 @@ class Recipe(Strict):
                 f"placement.colocate needs the same non-zero GPU count for rollout "
                 f"(num_workers x gpus_per_worker = {rollout:g}) and learner "
                 f"(learner_workers x learner_gpus_per_worker = {learner:g})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _learner_ranks_backend(self) -> Recipe:
+        workers, backend = self.placement.learner_workers, self.learner.backend
+        if workers > 1 and backend != "deepspeed":
+            raise ValueError(
+                f"placement.learner_workers={workers} needs learner.backend: deepspeed (data-"
+                f"parallel ZeRO ranks), got learner.backend: {backend}"
             )
         return self
 

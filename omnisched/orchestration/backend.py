@@ -1,6 +1,9 @@
 """Where workers live: Ray actors (local Ray or a cluster) or plain objects in the driver.
 
-The controller only uses `spawn`, `call` and `gather`, so the same loop runs on either.
+The controller only uses `reserve`, `spawn`, `call` and `gather`, so the same loop runs on either.
+Under Ray, `reserve` creates one placement group from the recipe's plan (all of its bundles or
+none: a learner world never starts half of its ranks) and `spawn(..., bundle=i)` puts an actor in
+bundle i; a replacement for a dead actor goes back into the bundle its predecessor released.
 """
 
 from __future__ import annotations
@@ -11,11 +14,27 @@ import os
 from typing import Any, Protocol
 
 from omnisched.config.schema import RayConfig
+from omnisched.errors import OmniError
+
+RESERVE_TIMEOUT_S = 120.0  # how long Ray may take to find the placement group's resources
 
 
 class Backend(Protocol):
+    def reserve(
+        self, bundles: list[dict[str, float]], strategy: str, timeout_s: float = RESERVE_TIMEOUT_S
+    ) -> None:
+        """Hold `bundles` (one per actor, `placement.plan_placement`) for the run, all or none;
+        raises `OmniError` naming what is missing when they cannot be held in `timeout_s`."""
+        ...
+
     def spawn(
-        self, cls: type, *args: Any, num_cpus: float = 1.0, num_gpus: float = 0.0, **kwargs: Any
+        self,
+        cls: type,
+        *args: Any,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        bundle: int | None = None,
+        **kwargs: Any,
     ) -> Any: ...
 
     def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -49,8 +68,19 @@ class Backend(Protocol):
 class InlineBackend:
     """Every worker is a plain object in this process; calls run sequentially."""
 
+    def reserve(
+        self, bundles: list[dict[str, float]], strategy: str, timeout_s: float = RESERVE_TIMEOUT_S
+    ) -> None:
+        return None  # nothing to hold: the workers share the driver's process
+
     def spawn(
-        self, cls: type, *args: Any, num_cpus: float = 1.0, num_gpus: float = 0.0, **kwargs: Any
+        self,
+        cls: type,
+        *args: Any,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        bundle: int | None = None,
+        **kwargs: Any,
     ) -> Any:
         return cls(*args, **kwargs)
 
@@ -89,6 +119,7 @@ class RayBackend:
         import ray
 
         self.ray = ray
+        self.pg: Any = None
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
@@ -101,12 +132,55 @@ class RayBackend:
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
             ray.init(**kwargs)
 
+    def reserve(
+        self, bundles: list[dict[str, float]], strategy: str, timeout_s: float = RESERVE_TIMEOUT_S
+    ) -> None:
+        from ray.util.placement_group import placement_group
+
+        from omnisched.orchestration.placement import PlacementPlan, check_fit
+
+        self.release()
+        pg = placement_group(bundles, strategy=strategy)
+        ready, _ = self.ray.wait([pg.ready()], timeout=timeout_s)
+        if not ready:
+            self.ray.util.remove_placement_group(pg)
+            plan = PlacementPlan(groups=[], bundles=bundles, strategy=strategy, colocate=False)
+            nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+            missing = "; ".join(check_fit(plan, nodes)) or "other work holds what it needs"
+            totals = ", ".join(f"{v:g} {k}" for k, v in plan.totals.items() if v)
+            raise OmniError(
+                f"placement: Ray could not reserve {len(bundles)} bundles ({totals}, {strategy}) "
+                f"in {timeout_s:g} s: {missing}"
+                " (see placement.*, rollout.*_per_worker, ray.reward_workers; ray.num_cpus sizes "
+                "a local Ray)"
+            )
+        self.pg = pg
+
     def spawn(
-        self, cls: type, *args: Any, num_cpus: float = 1.0, num_gpus: float = 0.0, **kwargs: Any
+        self,
+        cls: type,
+        *args: Any,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        bundle: int | None = None,
+        **kwargs: Any,
     ) -> Any:
         # Ray hides every GPU (CUDA_VISIBLE_DEVICES="") from an actor that asked for none
-        actor_cls = self.ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(cls)
-        return actor_cls.remote(*args, **kwargs)
+        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        if bundle is not None and self.pg is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                self.pg, placement_group_bundle_index=bundle
+            )
+        return self.ray.remote(**options)(cls).remote(*args, **kwargs)
+
+    def release(self) -> None:
+        """Give the placement group's resources back (a cluster keeps them otherwise)."""
+        if self.pg is not None:
+            with contextlib.suppress(Exception):
+                self.ray.util.remove_placement_group(self.pg)
+            self.pg = None
 
     def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(worker, method).remote(*args, **kwargs)
@@ -142,6 +216,7 @@ class RayBackend:
             self.ray.kill(worker, no_restart=True)
 
     def shutdown(self) -> None:
+        self.release()
         if self._owns_ray:
             self.ray.shutdown()
 

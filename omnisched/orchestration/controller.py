@@ -27,9 +27,14 @@ from omnisched.metrics import MetricsLogger, write_report
 from omnisched.model import cache as model_cache
 from omnisched.orchestration.backend import Backend, make_backend
 from omnisched.orchestration.checkpoint import latest_checkpoint, truncate_metrics, write_checkpoint
-from omnisched.orchestration.placement import unsupported_by_controller
+from omnisched.orchestration.learner_group import LearnerGroup, check_resume_world_size
+from omnisched.orchestration.placement import (
+    REWARD_WORKER_CPUS,
+    plan_placement,
+    unsupported_by_controller,
+)
 from omnisched.orchestration.services import RewardWorker, SchedulerService
-from omnisched.orchestration.workers import LearnerWorker, RolloutWorker, release_freed_memory
+from omnisched.orchestration.workers import RolloutWorker, release_freed_memory
 from omnisched.rollout.base import Completion, SamplingParams
 from omnisched.schedule.state import Evaluation, SchedulerState
 
@@ -85,21 +90,23 @@ class Controller:
         self.timings["warm_start_s"] = time.perf_counter() - t0
         self.start = self._restore() if self.resume else None
         weights = str(self.start[0]) if self.start else self.model_path
-        self.rollout = [self._spawn_rollout(weights) for _ in range(r.rollout.num_workers)]
-        self.rewarders = [self._spawn_rewarder() for _ in range(r.ray.reward_workers)]
-        self.learner = backend.spawn(
-            LearnerWorker,
-            r.learner.backend,
-            weights,
-            r.learner,
-            r.run.threads,
-            r.run.seed,
-            r.rollout.max_new_tokens,
-            num_cpus=r.placement.learner_cpus_per_worker,
-            num_gpus=r.placement.learner_gpus_per_worker,
-        )
+        if self.start:  # before any model loads
+            check_resume_world_size(weights, r.placement.learner_workers)
+        # one placement group holds every actor's resources before any actor starts (the warm
+        # start above ran outside it); bundle index per actor, by kind
+        plan = plan_placement(r)
+        backend.reserve(plan.bundles, plan.strategy)
+        self.bundles = {g.kind: [b[0] if b else None for b in g.bundles] for g in plan.groups}
+        self.rollout = [self._spawn_rollout(weights, i) for i in range(r.rollout.num_workers)]
+        self.rewarders = [self._spawn_rewarder(i) for i in range(r.ray.reward_workers)]
+        self.learner = LearnerGroup(backend, r, weights, self.bundles["learner"])
         if self.start:
-            self._ask(self.learner, "load_trainer_state", weights)
+            self.learner.load_trainer_state(weights)
+        # names, dtypes and shapes of the weights: fixed, so the broadcast group's receivers get
+        # them once here; None = sync through the object store
+        self.weight_meta = (
+            self._join_weight_group() if r.rollout.weight_sync == "broadcast" else None
+        )
         state_path = self.run_dir / "scheduler_state.json"
         if self.resume and state_path.is_file():
             state = SchedulerState.load(state_path)
@@ -115,7 +122,8 @@ class Controller:
         )
         self.metrics = MetricsLogger(self.run_dir)
 
-    def _spawn_rollout(self, weights: str) -> Any:
+    def _spawn_rollout(self, weights: str, index: int) -> Any:
+        """Rollout engine `index`, in its placement-group bundle."""
         r = self.recipe
         return self.backend.spawn(
             RolloutWorker,
@@ -125,13 +133,49 @@ class Controller:
             r.run.threads,
             num_cpus=r.rollout.cpus_per_worker,
             num_gpus=r.rollout.gpus_per_worker,
+            bundle=self.bundles["rollout"][index],
         )
 
-    def _spawn_rewarder(self) -> Any:
+    def _join_weight_group(self) -> list:
+        """Learner rank 0 hosts the broadcast group on its node and every rollout engine joins at
+        once, one group rank each (the controller starts engines without tensor parallelism)."""
+        host, port = self.learner.weight_group_address()
+        world_size = 1 + len(self.rollout)
+        meta = self.learner.join_weight_group(host, port, world_size)
+        joins = [
+            self.backend.call(w, "join_weight_group", host, port, world_size, 1 + i)
+            for i, w in enumerate(self.rollout)
+        ]
+        # the engines' errors first: gather raises the first failed call's error in list order
+        return self.backend.gather([*joins, meta])[-1]
+
+    def sync_weights(self) -> None:
+        """Learner -> rollout engines: by broadcast while the group is whole, else the state dict
+        through the object store (a future, not the tensors: under Ray the weights go learner ->
+        object store -> rollout workers without being deserialised in the torch-free driver)."""
+        if self.weight_meta is not None:
+            sent = self.learner.broadcast_weights()
+            received = [
+                self.backend.call(w, "receive_weights", self.weight_meta) for w in self.rollout
+            ]
+            self.backend.gather([*received, sent])
+            return
+        state = self.learner.state_dict()
+        self._gather_pool(
+            "rollout", [(i, "update_weights", (state,)) for i in range(len(self.rollout))]
+        )
+
+    def _spawn_rewarder(self, index: int) -> Any:
+        """Reward worker `index`, in its placement-group bundle."""
         r = self.recipe
         specs = {name: dom.reward for name, dom in self.domains.items()}
         return self.backend.spawn(
-            RewardWorker, specs, r.ray.reward_concurrency, r.ray.reward_timeout_s, num_cpus=0.5
+            RewardWorker,
+            specs,
+            r.ray.reward_concurrency,
+            r.ray.reward_timeout_s,
+            num_cpus=REWARD_WORKER_CPUS,
+            bundle=self.bundles["reward"][index],
         )
 
     # ---- checkpoints and resume -------------------------------------------------------------
@@ -180,7 +224,7 @@ class Controller:
             self.ckpt_root,
             self.step,
             state,
-            lambda tmp: self._ask(self.learner, "save_checkpoint", tmp),
+            self.learner.save_checkpoint,
         )
 
     # ---- fault tolerance ---------------------------------------------------------------------
@@ -207,12 +251,17 @@ class Controller:
             self.backend.kill(w)
             self.restarts[pool] += 1
             if pool == "rollout":
-                workers[i] = self._spawn_rollout(self.model_path)
+                # a restarted engine cannot join the existing broadcast group, and the group
+                # cannot broadcast without the dead rank: the pool falls back to the object store
+                if self.weight_meta is not None:
+                    log.warning("rollout weights now sync through the object store, not broadcast")
+                    self.weight_meta = None
+                workers[i] = self._spawn_rollout(self.model_path, i)  # the bundle it freed
                 if state is None:
-                    state = self.backend.call(self.learner, "state_dict")  # stays a ref
+                    state = self.learner.state_dict()  # stays a ref
                 self._ask(workers[i], "update_weights", state)
             else:
-                workers[i] = self._spawn_rewarder()
+                workers[i] = self._spawn_rewarder(i)
 
     def warm_start(self) -> str:
         """The model folder RL starts from. SFT, when the cache misses, runs as a one-off task in
@@ -380,15 +429,10 @@ class Controller:
             ScoredGroup(group[0].prompt_ids, [c.token_ids for c in group], rew)
             for group, rew in zip(groups, rewards)
         ]
-        learn = self._ask(self.learner, "train_groups", scored)
+        learn = self.learner.train_groups(scored)
         trained = int(learn.pop("samples_trained", 0))
         if trained:  # a batch whose groups all tie carried no gradient: weights are unchanged
-            # a future, not the tensors: under Ray the weights go learner -> object store ->
-            # rollout workers without being deserialised in the (torch-free) driver
-            state = self.backend.call(self.learner, "state_dict")
-            self._gather_pool(
-                "rollout", [(i, "update_weights", (state,)) for i in range(len(self.rollout))]
-            )
+            self.sync_weights()
         t_end = time.perf_counter()
         self.step += 1
         lengths = [len(c.token_ids) for g in groups for c in g]
@@ -447,11 +491,11 @@ class Controller:
                     mixture = self._ask(self.scheduler, "observe_step", self.step, rec) or mixture
                     if every and (s + 1) % every == 0 and s + 1 < steps:
                         self.checkpoint(phase, s + 1)
-                self._ask(self.learner, "save", str(self.ckpt_root / f"phase-{phase}"))
+                self.learner.save(str(self.ckpt_root / f"phase-{phase}"))
                 result = self.evaluate(f"phase-{phase}")
                 self._ask(self.scheduler, "finish_phase", steps, result)
                 self.checkpoint(phase + 1, 0)
-            self._ask(self.learner, "save", str(self.ckpt_root / "final"))
+            self.learner.save(str(self.ckpt_root / "final"))
             state = SchedulerState.from_dict(self._ask(self.scheduler, "get_state"))
             wall = time.perf_counter() - t_start
             self.metrics.log(self.step, {**self.timings, "wall_s": wall}, kind="timing")

@@ -114,16 +114,28 @@ def _colocated_bundles(workers: int, gpus_per_worker: float, gpus_per_bundle: fl
 
 
 def unsupported_by_controller(recipe: Recipe) -> list[str]:
-    """Placements `--dry-run` can plan but `omnisched run` cannot start yet, each naming the field.
+    """Placements `--dry-run` can plan but `omnisched run` cannot start, each naming the field.
 
-    The controller starts one learner actor (DeepSpeed ranks are tested as a torch.distributed
-    world of their own, not yet spawned by the controller), and it gives each actor the GPUs it
-    asks for, so engines and learner cannot time-share GPUs yet."""
+    Learner ranks (`placement.learner_workers > 1`) are one Ray actor process each, so they need
+    Ray; and the controller gives each actor the GPUs it asks for, so engines and learner cannot
+    time-share GPUs yet."""
     pl, problems = recipe.placement, []
-    if pl.learner_workers > 1:
+    if pl.learner_workers > 1 and not recipe.ray.enabled:
         problems.append(
-            f"placement.learner_workers={pl.learner_workers}: the controller starts one learner "
-            "actor; multi-rank learners are not wired into `omnisched run` yet"
+            f"placement.learner_workers={pl.learner_workers} needs ray.enabled: true (one process "
+            "per learner rank); ray.enabled: false runs every worker in the driver's process"
+        )
+    if recipe.rollout.weight_sync == "broadcast" and not recipe.ray.enabled:
+        problems.append(
+            "rollout.weight_sync: broadcast needs ray.enabled: true (the learner sends while the "
+            "engines receive); ray.enabled: false runs every worker in turn in the driver's process"
+        )
+    gpus = (pl.learner_gpus_per_worker, recipe.rollout.gpus_per_worker)
+    if recipe.rollout.weight_sync == "broadcast" and (gpus[0] > 0) != (gpus[1] > 0):
+        problems.append(
+            "rollout.weight_sync: broadcast needs the learner and the engines both on GPUs (NCCL) "
+            f"or both on CPU (gloo); got placement.learner_gpus_per_worker={gpus[0]:g} and "
+            f"rollout.gpus_per_worker={gpus[1]:g}"
         )
     if pl.colocate and (pl.learner_gpus_per_worker > 0 or recipe.rollout.gpus_per_worker > 0):
         problems.append(

@@ -6,16 +6,21 @@ import contextlib
 import ctypes
 import gc
 import logging
+import os
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omnisched.config.schema import LearnerConfig
+from omnisched.errors import OmniError
 from omnisched.learner.base import ScoredGroup, TrainSample
 from omnisched.rollout.base import Completion, SamplingParams
 
 if TYPE_CHECKING:  # torch loads inside the worker processes only; the driver stays torch-free
     import torch
+
+    from omnisched.rollout.weight_sync import TensorMeta
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.pt"
@@ -72,9 +77,47 @@ class RolloutWorker:
         self.engine.update_weights(state_dict)
         return True
 
+    def join_weight_group(self, host: str, port: int, world_size: int, rank_offset: int) -> Any:
+        """Join the learner's broadcast group (`rollout.weight_sync: broadcast`)."""
+        if not hasattr(self.engine, "join_weight_group"):
+            raise OmniError(
+                f"rollout.weight_sync: broadcast: the {type(self.engine).__name__} engine cannot "
+                "receive broadcast weights; use rollout.weight_sync: object_store"
+            )
+        return self.engine.join_weight_group(host, port, world_size, rank_offset)
+
+    def receive_weights(self, meta: Sequence[TensorMeta]) -> int:
+        """Receive the weights learner rank 0 broadcasts (its `broadcast_weights`, concurrently)."""
+        return self.engine.receive_weights(meta)
+
+
+def trainer_state_file(rank: int, world_size: int) -> str:
+    """Where `save_checkpoint` puts a rank's optimizer and RNG state inside the checkpoint."""
+    return TRAINER_STATE if world_size == 1 else f"trainer_state_rank{rank}.pt"
+
+
+def signal_samples(groups: Sequence[ScoredGroup], cfg: LearnerConfig) -> list[TrainSample]:
+    """Group-relative advantages, keeping the samples that carry signal (a group whose rewards
+    all tie has zero advantage and, without KL, no gradient)."""
+    import torch
+
+    from omnisched.learner.grpo import group_advantages
+
+    adv = group_advantages(torch.tensor([g.rewards for g in groups]), scale=cfg.scale_advantages)
+    return [
+        TrainSample(g.prompt_ids, ids, float(adv[i, j]))
+        for i, g in enumerate(groups)
+        for j, ids in enumerate(g.completion_ids)
+        if cfg.kl_coef > 0 or abs(float(adv[i, j])) > 1e-8
+    ]
+
 
 class LearnerWorker:
-    """Owns the policy being trained: `train_step`, `state_dict`, `save`."""
+    """Owns the policy being trained, or one data-parallel rank of it: `train_groups` /
+    `train_step`, `state_dict`, `save`.
+
+    With `world_size` 1 the constructor builds the learner. A rank of a larger world starts
+    empty: once rank 0's `rendezvous` address is known, every rank calls `join` at once."""
 
     def __init__(
         self,
@@ -84,59 +127,112 @@ class LearnerWorker:
         threads: int | None,
         seed: int,
         max_completion_len: int | None = None,
+        world_size: int = 1,
     ) -> None:
+        self.build_args = (backend, model_path, threads, seed, max_completion_len)
+        self.cfg = cfg
+        self.rank = 0
+        self.world_size = world_size
+        if world_size == 1:
+            self._build()
+
+    def rendezvous(self) -> tuple[str, int]:
+        """This node's IP and a port free on it, where rank 0 hosts the process group's store."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def join(self, rank: int, master_addr: str, master_port: int) -> int:
+        """Become `rank`: set the env torch.distributed reads, then build the learner (DeepSpeed
+        joins the process group as it starts, so this returns once every rank has joined)."""
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(self.world_size),
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            LOCAL_RANK="0",  # Ray shows each actor only its own GPU
+        )
+        self.rank = rank
+        self._build()
+        return rank
+
+    def _build(self) -> None:
         import torch
 
         from omnisched.learner import LEARNERS
         from omnisched.model.build import cpu_attention, load_model
 
+        backend, model_path, threads, seed, max_completion_len = self.build_args
         _quiet_worker(threads)
         torch.manual_seed(seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model, tokenizer = load_model(model_path, "float32", cpu_attention(device))
         model.to(device)
         self.learner = LEARNERS.get(backend)(
-            model, cfg, pad_token_id=tokenizer.pad_token_id, max_completion_len=max_completion_len
+            model,
+            self.cfg,
+            pad_token_id=tokenizer.pad_token_id,
+            max_completion_len=max_completion_len,
         )
         self.tokenizer = tokenizer
-        self.cfg = cfg
         freeze_long_lived()
 
     def train_groups(self, groups: Sequence[ScoredGroup]) -> dict[str, float]:
-        """Group-relative advantages, then one optimizer step on the samples that carry signal
-        (a group whose rewards all tie has zero advantage and, without KL, no gradient)."""
-        import torch
-
-        from omnisched.learner.grpo import group_advantages
-
-        adv = group_advantages(
-            torch.tensor([g.rewards for g in groups]), scale=self.cfg.scale_advantages
-        )
-        samples = [
-            TrainSample(g.prompt_ids, ids, float(adv[i, j]))
-            for i, g in enumerate(groups)
-            for j, ids in enumerate(g.completion_ids)
-            if self.cfg.kl_coef > 0 or abs(float(adv[i, j])) > 1e-8
-        ]
+        """One optimizer step on the `signal_samples` of `groups` (a world of one only)."""
+        samples = self.signal_samples(groups)
         if not samples:
             return {"samples_trained": 0}
-        metrics = self.learner.train_step(samples)
-        release_freed_memory()
-        return {**metrics, "samples_trained": len(samples)}
+        return {**self.train_step(samples), "samples_trained": len(samples)}
+
+    def signal_samples(self, groups: Sequence[ScoredGroup]) -> list[TrainSample]:
+        return signal_samples(groups, self.cfg)
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        return self.learner.train_step(samples)
+        metrics = self.learner.train_step(samples)
+        release_freed_memory()
+        return metrics
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.learner.state_dict()
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The full policy weights on rank 0; None on other ranks, which under ZeRO-3 must still
+        join the parameter gathers (they hold shards of every parameter)."""
+        if self.rank == 0:
+            return self.learner.state_dict()
+        if self.cfg.deepspeed.zero_stage == 3:
+            self.learner.state_dict()
+        return None
+
+    def join_weight_group(self, host: str, port: int, world_size: int) -> list[TensorMeta]:
+        """As rank 0 of the learner world, become rank 0 (the sender) of the rollout engines'
+        broadcast group hosted at `host:port` (`rendezvous`); returns the weights metadata the
+        engines receive by. Under ZeRO-3 the other ranks call `state_dict` meanwhile."""
+        import torch
+
+        from omnisched.rollout import weight_sync
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.weight_group = weight_sync.join(host, port, 0, world_size, device)
+        return weight_sync.weights_meta(self.learner.state_dict())
+
+    def broadcast_weights(self) -> list[TensorMeta]:
+        """Send the policy weights to the engines of the broadcast group (which receive them
+        concurrently); returns the metadata sent by. Other ranks call `state_dict` meanwhile."""
+        from omnisched.rollout import weight_sync
+
+        return weight_sync.send(self.weight_group, self.learner.state_dict())
 
     def save(self, path: str) -> str:
+        """The policy as an HF folder, written by rank 0 (every rank of a world must call it)."""
         self.learner.save(Path(path))
-        self.tokenizer.save_pretrained(path)
+        if self.rank == 0:
+            self.tokenizer.save_pretrained(path)
         return path
 
     def save_checkpoint(self, path: str) -> str:
-        """The policy as an HF folder plus the optimizer and RNG state, to resume training."""
+        """The policy as an HF folder plus this rank's optimizer and RNG state, to resume
+        training (a world's ranks write beside each other: `path` must be shared storage)."""
         import torch
 
         self.save(path)
@@ -144,15 +240,15 @@ class LearnerWorker:
         state = {"torch_rng": torch.get_rng_state()}
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
-        torch.save(state, Path(path) / TRAINER_STATE)
+        torch.save(state, Path(path) / trainer_state_file(self.rank, self.world_size))
         return path
 
     def load_trainer_state(self, path: str) -> bool:
-        """Restore what `save_checkpoint` wrote beside the weights (the weights were loaded from
-        the same folder when this worker was built)."""
+        """Restore what `save_checkpoint` wrote for this rank beside the weights (the weights were
+        loaded from the same folder when this worker was built)."""
         import torch
 
-        file = Path(path) / TRAINER_STATE
+        file = Path(path) / trainer_state_file(self.rank, self.world_size)
         if not file.is_file():
             return False
         state = torch.load(file, weights_only=False)

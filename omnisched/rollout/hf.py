@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from omnisched.model.build import cpu_attention, load_model
+from omnisched.rollout import weight_sync
 from omnisched.rollout.base import Completion, SamplingParams
 
 
@@ -52,6 +53,18 @@ class HFEngine:
             raise KeyError(
                 f"weights do not match the model: missing {missing}, unexpected {unexpected}"
             )
+
+    def join_weight_group(self, host: str, port: int, world_size: int, rank_offset: int = 1) -> int:
+        """Join the learner's broadcast group (`weight_sync`) as rank `rank_offset`; blocks until
+        every party has joined, so the learner (rank 0) must join concurrently."""
+        self.weight_group = weight_sync.join(host, port, rank_offset, world_size, self.device)
+        return rank_offset
+
+    def receive_weights(self, meta: Sequence[weight_sync.TensorMeta]) -> int:
+        """Receive the weights rank 0 broadcasts (`weight_sync.send`, running concurrently) and
+        load them as `update_weights` does, once all have arrived; returns how many arrived."""
+        self.update_weights(dict(weight_sync.receive(self.weight_group, meta)))
+        return len(meta)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:

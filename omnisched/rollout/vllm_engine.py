@@ -9,37 +9,46 @@ Entropies. vLLM returns no entropy. Each step asks for the top `entropy_topk` lo
 reports H_k = -sum over those tokens of p log p: a lower bound of the entropy of the sampling
 distribution, exact once `entropy_topk` covers the support (e.g. the 260-token char vocabulary,
 or a peaked policy). Under top-p < 1 the distribution is the truncated one (the HF engine
-reports the pre-truncation entropy). `entropy_topk=0` leaves `entropies` empty; k=20 cost
-nothing measurable (bench/bench_rollout.py on CPU: 1592 vs 1600 tokens/s).
+reports the pre-truncation entropy). `entropy_topk=0` leaves `entropies` empty.
+
+Per-token cost. Logprobs come back flat (`flat_logprobs`: a few lists per request instead of a
+dict of `Logprob` objects per token) and vLLM does not detokenize (`detokenize=False`: it would
+otherwise decode every top-k token of every step); the engine decodes each completion's text
+once. On the tiny model this took the engine from 0.28x to ~0.9x of raw `LLM.generate`
+(bench/bench_rollout_overhead.py --backend vllm).
 
 Weight sync (`update_weights`, one node). The state dict is `torch.save`d to a file in
 /dev/shm (RAM) and each worker loads it through `WeightSyncExtension` via `collective_rpc`
 (vLLM's in-place `reload_weights`); only the path crosses the RPC. The prefix cache is then
 reset: cached KV blocks were computed by the old weights.
 
-Multi-node design (not implemented here: needs GPUs). The learner's rank 0 and every vLLM
-worker join one stateless NCCL group (vLLM's `StatelessProcessGroup` + `PyNcclCommunicator`,
-or vLLM's own `weight_transfer_config` NCCL backend, which packages the same). Per sync the
-driver sends only metadata (names, dtypes, shapes) through `collective_rpc`; the learner
-broadcasts each tensor (packed into buckets), and each worker receives into a buffer and calls
-`model.load_weights` as above, so weights never leave GPU memory.
+Weight sync by broadcast (`join_weight_group`, `receive_weights`; `rollout.weight_sync:
+broadcast` in a recipe). The learner's rank 0 and every vLLM worker join one group of their own
+(`omnisched.rollout.weight_sync`: a TCPStore plus a gloo group on CPU, NCCL on CUDA, apart from
+torch.distributed's default group). Per sync only the metadata (names, dtypes, shapes) crosses
+`collective_rpc`; the learner broadcasts the tensors packed in byte buckets and each worker
+receives them into buffers on its device and loads them through `reload_weights` as above.
+`collective_rpc` returns once the broadcast is done, so the sender runs concurrently (another
+process or thread). Tested on CPU over gloo; the NCCL path on GPUs is untested, and the learner
+still sends from its CPU snapshot of the weights (`Learner.state_dict`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import vllm
 from safetensors import safe_open
 from vllm.platforms import current_platform
 
+from omnisched.rollout import weight_sync
 from omnisched.rollout.base import Completion, SamplingParams
 
 EXTENSION = "omnisched.rollout.vllm_ext.WeightSyncExtension"
@@ -99,13 +108,37 @@ class VLLMEngine:
 
     def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load learner weights (HF names) into every worker; all checkpoint tensors must be
-        given (checked first: vLLM's in-place reload does not undo a partial update)."""
-        missing = sorted(self.weight_names - set(state_dict))
-        if missing:
-            raise KeyError(f"weights do not match the model: missing {missing}")
+        given (`_check_complete`)."""
+        self._check_complete(state_dict)
         with _tensor_file(state_dict) as path:
             self.llm.collective_rpc("load_weights_from_file", args=(path,))
         self.llm.reset_prefix_cache()
+
+    def join_weight_group(
+        self, host: str, port: int, world_size: int, rank_offset: int = 1
+    ) -> list[int]:
+        """Join the learner's broadcast group (`weight_sync`): the engine's vLLM workers take
+        ranks `rank_offset`, `rank_offset` + 1, ... (one per tensor-parallel worker). Blocks
+        until every party has joined: the learner (rank 0) must join concurrently."""
+        return self.llm.collective_rpc(
+            "join_weight_group", args=(host, port, rank_offset, world_size)
+        )
+
+    def receive_weights(self, meta: Sequence[weight_sync.TensorMeta]) -> int:
+        """Receive the weights rank 0 broadcasts (`weight_sync.send`, running concurrently) into
+        every worker and load them as `update_weights` does; returns how many arrived. The names
+        are checked first: a sender whose receivers refused waits until the group's timeout."""
+        self._check_complete(name for name, _, _ in meta)
+        counts = self.llm.collective_rpc("receive_weights", args=(list(meta),))
+        self.llm.reset_prefix_cache()
+        return counts[0]
+
+    def _check_complete(self, names: Iterable[str]) -> None:
+        """All checkpoint tensors must be named: vLLM's in-place reload does not undo a partial
+        update."""
+        missing = sorted(self.weight_names - set(names))
+        if missing:
+            raise KeyError(f"weights do not match the model: missing {missing}")
 
     def close(self) -> None:
         """Stop vLLM's engine processes now rather than at interpreter exit."""
@@ -120,32 +153,41 @@ class VLLMEngine:
             max_tokens=params.max_new_tokens,
             seed=seed,
             logprobs=self.entropy_topk,  # the sampled token's logprob always comes too
-            skip_special_tokens=True,
+            flat_logprobs=True,
+            detokenize=False,  # text is decoded once per completion in `_completion`
         )
 
     def _completion(self, prompt: str, prompt_ids: list[int], out: Any) -> Completion:
         tokens = list(out.token_ids)
-        steps = out.logprobs or []
-        logprobs = [step[t].logprob for t, step in zip(tokens, steps, strict=True)]
-        entropies = [_topk_entropy(step) for step in steps] if self.entropy_topk else []
+        logprobs, entropies = flat_logprobs_and_entropies(out.logprobs, len(tokens))
         return Completion(
             prompt=prompt,
-            text=out.text,
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
             prompt_ids=prompt_ids,
             token_ids=tokens,
             logprobs=logprobs,
-            entropies=entropies,
+            entropies=entropies if self.entropy_topk else [],
             finished=out.finish_reason == "stop",
         )
 
 
-def _topk_entropy(step: Mapping[int, Any]) -> float:
-    """-sum p log p over the tokens vLLM returned for one step (a lower bound of H)."""
-    total = 0.0
-    for entry in step.values():
-        if entry.logprob > float("-inf"):
-            total -= math.exp(entry.logprob) * entry.logprob
-    return total
+def flat_logprobs_and_entropies(flat: Any, length: int) -> tuple[list[float], list[float]]:
+    """(sampled-token logprob, top-k entropy) per step from vLLM's `FlatLogprobs`.
+
+    Step t holds entries start[t]:end[t]: the sampled token first, then the top k by rank (the
+    sampled token again if it is among them). H_k = -sum p log p over the top-k entries only, so
+    the sampled token is not counted twice; -inf entries (masked by top-p) add nothing."""
+    starts = np.asarray(flat.start_indices, dtype=np.int64)
+    if len(starts) != length:
+        raise ValueError(f"vLLM returned logprobs for {len(starts)} of {length} tokens")
+    if length == 0:
+        return [], []
+    lp = np.asarray(flat.logprobs, dtype=np.float64)
+    sampled = lp[starts]
+    with np.errstate(invalid="ignore"):
+        terms = np.where(np.isfinite(lp), -np.exp(lp) * lp, 0.0)
+    terms[starts] = 0.0
+    return sampled.tolist(), np.add.reduceat(terms, starts).tolist()
 
 
 def _checkpoint_names(folder: Path) -> set[str]:

@@ -1,0 +1,215 @@
+"""Weight sync by broadcast over gloo on loopback: exact tensors, an HF engine that follows the
+sender's weights, and a real Ray run with `rollout.weight_sync: broadcast`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from operator import attrgetter
+from pathlib import Path
+
+import pytest
+import torch
+
+from omnisched.config.schema import ModelConfig, Recipe, TinyModelConfig, WarmStartConfig
+from omnisched.errors import OmniError
+from omnisched.model import build_char_tokenizer, build_tiny_model, load_model, warm_start
+from omnisched.model.build import save_model
+from omnisched.orchestration.placement import unsupported_by_controller
+from omnisched.rollout import HFEngine, SamplingParams
+from omnisched.rollout import weight_sync as ws
+
+HOST = "127.0.0.1"
+TINY = TinyModelConfig(
+    hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
+    max_position_embeddings=64,
+)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Sender(threading.Thread):
+    """Group rank 0 in a thread: joins, then broadcasts each state dict in turn."""
+
+    def __init__(self, port: int, world_size: int, *states: Mapping[str, torch.Tensor], **kw):
+        super().__init__(daemon=True)
+        self.args, self.states, self.kw = (HOST, port, 0, world_size), states, kw
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            group = ws.join(*self.args, timeout_s=60)
+            for state in self.states:
+                ws.send(group, state, **self.kw)
+        except BaseException as exc:  # surfaced by `finish` in the test's thread
+            self.error = exc
+
+    def finish(self) -> None:
+        self.join(timeout=60)
+        assert not self.is_alive(), "the sender is still waiting"
+        if self.error:
+            raise self.error
+
+
+def test_buckets_hand_worked_example():
+    meta = [
+        ("a", "float32", (3,)),  # 12 bytes -> 16 aligned
+        ("b", "bfloat16", (10,)),  # 20 -> 32: 16 + 32 fills the 48-byte bucket
+        ("c", "float32", (20,)),  # 80: bigger than a bucket, alone
+        ("d", "bool", ()),  # 1 -> 16
+        ("e", "float32", (0, 4)),  # 0 bytes joins d's bucket
+    ]
+    assert ws.buckets(meta, bucket_bytes=48) == [[0, 1], [2], [3, 4]]
+    assert ws.buckets(meta) == [[0, 1, 2, 3, 4]]
+
+
+def test_a_state_dict_arrives_exactly_with_dtypes_shapes_and_tied_names():
+    gen = torch.Generator().manual_seed(0)
+    embed = torch.randn(7, 5, generator=gen).to(torch.bfloat16)
+    state = {
+        "embed.weight": embed,
+        "norm.weight": torch.randn(5, generator=gen),
+        "big": torch.randn(40, 3, generator=gen),  # 480 bytes: over the 256-byte buckets
+        "transposed": torch.randn(4, 6, generator=gen).t(),  # not contiguous
+        "scale": torch.tensor(0.25, dtype=torch.bfloat16),
+        "lm_head.weight": embed,  # tied: the same tensor under a second name
+    }
+    port = free_port()
+    sender = Sender(port, 2, state, bucket_bytes=256)
+    sender.start()
+    group = ws.join(HOST, port, 1, 2, timeout_s=60)
+    meta = ws.weights_meta(state)
+    got = list(ws.receive(group, meta, bucket_bytes=256))
+    sender.finish()
+    assert [name for name, _ in got] == list(state)
+    for name, tensor in got:
+        assert tensor.dtype == state[name].dtype and tensor.shape == state[name].shape, name
+        assert torch.equal(tensor, state[name]), name
+    received = dict(got)
+    assert received["lm_head.weight"].data_ptr() != received["embed.weight"].data_ptr()
+    with pytest.raises(ValueError, match="only group rank 0 sends"):
+        ws.send(group, state)
+
+
+def test_an_hf_engine_in_a_group_follows_the_broadcast_weights(tmp_path):
+    """A random engine receives a warm-started model's weights (greedy output becomes that
+    model's), then the random weights again over the same group."""
+    words = ["".join(t) for t in itertools.product("abcd", repeat=3)]
+    cfg = ModelConfig(
+        tiny=TINY, warm_start=WarmStartConfig(steps=40, batch_size=16, lr=1e-2, cache_dir=tmp_path)
+    )
+    trained_folder = warm_start(cfg, [(f"{w}>", w) for w in words], 0, threads=2)
+    prompts = ["ab>", "cab>", "dcb>", "x"]
+    greedy = SamplingParams(max_new_tokens=6, temperature=0)
+
+    def tokens(engine: HFEngine) -> list[list[int]]:
+        return [g[0].token_ids for g in engine.generate(prompts, greedy)]
+
+    random = build_tiny_model(TINY, build_char_tokenizer(), seed=0)
+    engine = HFEngine(save_model(random, build_char_tokenizer(), tmp_path / "random"))  # bf16
+    before = tokens(engine)
+    expected = tokens(HFEngine(trained_folder))
+    assert before != expected
+    trained = load_model(trained_folder, "float32")[0].state_dict()  # fp32, as a learner's
+    port = free_port()
+    sender = Sender(port, 2, trained, random.state_dict())  # two syncs over one group
+    sender.start()
+    assert engine.join_weight_group(HOST, port, world_size=2) == 1
+    assert engine.receive_weights(ws.weights_meta(trained)) == len(trained)
+    assert tokens(engine) == expected
+    engine.receive_weights(ws.weights_meta(random.state_dict()))
+    sender.finish()
+    assert tokens(engine) == before
+    assert engine.model.dtype == torch.bfloat16
+
+
+def _recipe(tmp_path: Path, **overrides: dict) -> Recipe:
+    tiny = TINY.model_dump(exclude={"max_position_embeddings"})
+    raw = {
+        "run": {"name": "bcast", "output_dir": str(tmp_path), "threads": 1},
+        "model": {
+            "dtype": "float32",  # the engine's copy compares exactly with the learner's
+            "tiny": tiny,
+            "warm_start": {"enabled": False, "cache_dir": str(tmp_path / "cache")},
+        },
+        "domains": [{"name": "creative", "type": "creative", "eval_size": 2}],
+        "rollout": {"group_size": 4, "max_new_tokens": 10, "weight_sync": "broadcast"},
+        "learner": {"lr": 1e-2, "bf16": False, "micro_batch_size": 4},
+        "schedule": {"policy": "sequential", "steps_per_phase": 3, "prompts_per_step": 3},
+        "eval": {"samples": 1},
+    }
+    for key, value in overrides.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return Recipe.model_validate(raw)
+
+
+def test_broadcast_needs_ray_and_one_device_kind_each_naming_the_fields(tmp_path):
+    from omnisched.orchestration.backend import InlineBackend
+    from omnisched.orchestration.controller import Controller
+
+    inline = _recipe(tmp_path, ray={"enabled": False})
+    with pytest.raises(OmniError, match=r"^rollout.weight_sync: broadcast needs ray.enabled: true"):
+        Controller(inline, tmp_path / "run").setup(InlineBackend())  # before any model loads
+    assert unsupported_by_controller(_recipe(tmp_path)) == []
+    mixed = _recipe(tmp_path, rollout={"gpus_per_worker": 1})
+    (problem,) = unsupported_by_controller(mixed)
+    assert "placement.learner_gpus_per_worker=0 and rollout.gpus_per_worker=1" in problem
+    with pytest.raises(ValueError, match="weight_sync"):
+        _recipe(tmp_path, rollout={"weight_sync": "nccl"})
+
+
+def _weights(model: str) -> Callable[[object], dict[str, torch.Tensor]]:
+    """What an actor's `__ray_call__` runs to copy out the weights of its attribute `model`."""
+    get = attrgetter(model)
+    return lambda actor: {k: v.detach().clone() for k, v in get(actor).state_dict().items()}
+
+
+@pytest.mark.slow
+def test_a_ray_run_syncs_rollout_weights_by_broadcast_and_falls_back_after_a_restart(
+    tmp_path, monkeypatch
+):
+    import ray
+
+    from omnisched.orchestration.controller import Controller
+
+    learner_model, engine_model = _weights("learner.model"), _weights("engine.model")
+    from omnisched.orchestration.backend import RayBackend
+
+    # keep the run's placement group (and so its actors) past the run to inspect them; the
+    # ray.shutdown below ends them
+    monkeypatch.setattr(RayBackend, "release", lambda self: None)
+    ray.init(num_cpus=4, include_dashboard=False)
+    try:
+        ctrl = Controller(_recipe(tmp_path), tmp_path / "run")
+        ctrl.run()
+        rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+        assert sum(r["samples_trained"] for r in rows if r["kind"] == "train") > 0
+        assert ctrl.weight_meta is not None and ctrl.restarts["rollout"] == 0  # still broadcast
+        learner = ray.get(ctrl.learner.workers[0].__ray_call__.remote(learner_model))
+        engine = ray.get(ctrl.rollout[0].__ray_call__.remote(engine_model))
+
+        # a restarted engine gets the state dict, and the pool leaves the broken group
+        ray.kill(ctrl.rollout[0], no_restart=True)
+        deadline = time.monotonic() + 30
+        while ctrl.backend.alive(ctrl.rollout[0]):  # the kill lands asynchronously
+            assert time.monotonic() < deadline, "the killed rollout actor is still alive"
+            time.sleep(0.1)
+        ctrl._replace_dead("rollout", ctrl.rollout)
+        assert ctrl.weight_meta is None and ctrl.restarts["rollout"] == 1
+        ctrl.sync_weights()
+        restarted = ray.get(ctrl.rollout[0].__ray_call__.remote(engine_model))
+    finally:
+        ray.shutdown()
+    initial = load_model(ctrl.model_path, "float32")[0].state_dict()
+    assert any(not torch.equal(learner[k], initial[k]) for k in initial)  # it trained
+    for name, value in learner.items():
+        assert torch.equal(engine[name], value), name
+        assert torch.equal(restarted[name], value), name
