@@ -1,6 +1,6 @@
 """Rollout throughput: the vLLM engine vs the HF engine on the same model and batch.
 
-    .venv-vllm/bin/python bench/bench_rollout.py [--prompts 64 --n 8 --new-tokens 32]
+    .venv/bin/python bench/bench_rollout.py [--prompts 64 --n 8 --new-tokens 32]
         [--sizes tiny,medium] [--dtype bfloat16] [--threads 2] [--entropy-topk 20]
 
 Models are built from config with random weights (no download): `tiny` (hidden 64, 2 layers,

@@ -1,7 +1,7 @@
 """Rollout overhead: omnisched's rollout engines vs the raw generate call each one wraps.
 
     .venv/bin/python bench/bench_rollout_overhead.py --backend hf [--quick | --smoke]
-    .venv-vllm/bin/python bench/bench_rollout_overhead.py --backend vllm [--quick | --smoke]
+    .venv/bin/python bench/bench_rollout_overhead.py --backend vllm [--quick | --smoke]
         [--prompts 64 (vllm: 32) --n 8 --new-tokens 40 --repeats 3 --threads 2 --model DIR]
 
 Same model folder (the tiny recipe's shape with random weights, so completions run to about

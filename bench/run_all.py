@@ -6,17 +6,18 @@ our figures beside the peers' figures from the same run, as ratios, against the 
         [--only e2e,learner] [--skip scaling] [--vllm auto|on|off] [--[no-]profile] [--threads 2]
 
 Order: the shared bench model (bench/models.py, cached), rewards, learner, rollout (HF, then
-vLLM under .venv-vllm/bin/python when that interpreter exists), e2e vs TRL, scheduler,
-scaling. Each writes bench/results/<name>.json and its output to bench/results/logs/<name>.log.
-In full mode every benchmark with a missed target is then profiled with py-spy (its quick
-mode, our side only) and summarised in bench/results/profile_<name>.json. Writes
-bench/results/summary.json (machine, settings, every figure, missed targets with their
-profiles) and prints the table.
+vLLM when this interpreter imports it, else under .venv-vllm/bin/python if that exists), e2e
+vs TRL, scheduler, scaling. Each writes bench/results/<name>.json and its output to
+bench/results/logs/<name>.log. In full mode every benchmark with a missed target is then
+profiled with py-spy (its quick mode, our side only) and summarised in
+bench/results/profile_<name>.json. Writes bench/results/summary.json (machine, settings, every
+figure, missed targets with their profiles) and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,7 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, Figure, figure_from_json, fmt, machine_info, write_json
 
 BENCH = ROOT / "bench"
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+
+
+def vllm_python() -> Path:
+    """The interpreter with vLLM: this one when it can import vllm (the README's test install
+    has it), else .venv-vllm's (the README's vLLM section), which may not exist."""
+    if importlib.util.find_spec("vllm") is not None:
+        return Path(sys.executable)
+    return ROOT / ".venv-vllm" / "bin" / "python"
+
+
+VLLM_PYTHON = vllm_python()
 
 
 @dataclass
@@ -68,7 +79,8 @@ def suite(args: argparse.Namespace) -> list[Bench]:
         ),
         vllm,
         Bench("e2e", "bench_e2e.py", needs_model=True, profile_args=["--side", "ours"]),
-        Bench("scheduler", "bench_scheduler.py", needs_model=True, profile_args=["--domains", "4"]),
+        # its own model: the recipe's warm start in full mode (bench_scheduler.py)
+        Bench("scheduler", "bench_scheduler.py", profile_args=["--domains", "4"]),
         Bench("scaling", "bench_scaling.py"),
     ]
     only = set(args.only.split(",")) if args.only else None
