@@ -11,9 +11,10 @@ prompt, temperature 1, top-p 1, bf16 weights, the same torch threads.
   leave the batch, and it also returns every token's logprob and entropy) vs raw
   `model.generate(do_sample=True, top_k=0, num_return_sequences=n)` on the same left-padded
   batch, same attention implementation. Target >= 0.8x.
-- vllm: `VLLMEngine.generate` (asks vLLM for the top-20 logprobs per step to estimate entropy,
-  builds Completions) vs raw `LLM.generate` without logprobs, on the engine's own `vllm.LLM`
-  (so both use the same engine options: CPU KV cache 1 GiB, no chunked prefill). Target >= 0.9x.
+- vllm: `VLLMEngine.generate` (asks vLLM for the top-k logprobs per step to estimate entropy,
+  k 20 or --entropy-topk; builds Completions) vs raw `LLM.generate` without logprobs, on the
+  engine's own `vllm.LLM` (so both use the same engine options: CPU KV cache 1 GiB, no chunked
+  prefill). Target >= 0.9x.
 Each side generates once to warm up, then `--repeats` timed runs, alternating ours and peer
 (the machine may be shared); tokens/s = generated tokens (EOS included) / seconds, median.
 """
@@ -45,9 +46,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "prompts": args.prompts or by_mode(args, 64 if args.backend == "hf" else 32, 32, 4),
         "n": args.n or by_mode(args, 8, 8, 2),
         "new_tokens": args.new_tokens or by_mode(args, 40, 40, 8),
-        "repeats": args.repeats or by_mode(args, 3, 2, 1),
+        "repeats": args.repeats or by_mode(args, 7, 2, 1),  # 3 left the median noisy (+-20%)
         "dtype": "bfloat16",
         "threads": args.threads,
+        "entropy_topk": args.entropy_topk,
         "temperature": 1.0,
         "top_p": 1.0,
     }
@@ -104,7 +106,9 @@ def vllm_sides(model: Path, s: dict[str, Any]) -> tuple[Callable, Callable, Call
     from omnisched.rollout import ENGINES, SamplingParams
 
     start = time.perf_counter()
-    engine = ENGINES.get("vllm")(model, dtype=s["dtype"], threads=s["threads"], entropy_topk=20)
+    engine = ENGINES.get("vllm")(
+        model, dtype=s["dtype"], threads=s["threads"], entropy_topk=s["entropy_topk"]
+    )
     started = time.perf_counter() - start
     prompts = math_prompts(s["prompts"])
     inputs = [
@@ -167,6 +171,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="HF model folder (default: random weights)")
     for flag in ("--prompts", "--n", "--new-tokens", "--repeats"):
         parser.add_argument(flag, type=int, default=None)
+    parser.add_argument(
+        "--entropy-topk",
+        type=int,
+        default=20,
+        help="vllm: logprobs per step the engine asks for to estimate entropy (0: none)",
+    )
     args = parser.parse_args()
     s = settings(args)
     name = f"rollout_{args.backend}"
@@ -190,7 +200,10 @@ def main() -> None:
         details["peer_tokens_per_s"],
         PEERS[args.backend],
         TARGETS[args.backend],
-        note="engine also returns logprobs + entropies",
+        note="engine also returns logprobs + entropies"
+        + (
+            f" (vLLM: top-{s['entropy_topk']} logprobs per token)" if args.backend == "vllm" else ""
+        ),
     )
     write_result(name, args, [fig], details, settings=s)
 

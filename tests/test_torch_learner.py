@@ -175,3 +175,12 @@ def test_learner_worker_computes_group_advantages_and_skips_tied_groups(tmp_path
     metrics = worker.train_groups([tied, varied])
     assert metrics["samples_trained"] == 3 and "loss" in metrics
     assert any(not torch.equal(before[k], v) for k, v in worker.state_dict().items())
+
+    # what the controller ships to bf16 engines: each float tensor rounded as a bf16 load would
+    full, half = worker.state_dict(), worker.state_dict("bfloat16")
+    assert full.keys() == half.keys()
+    for name, value in full.items():
+        assert half[name].dtype == torch.bfloat16
+        assert torch.equal(half[name], value.to(torch.bfloat16))
+        engine_side = torch.empty_like(value, dtype=torch.bfloat16).copy_(value)  # load_state_dict
+        assert torch.equal(half[name], engine_side)

@@ -160,7 +160,7 @@ class Controller:
             ]
             self.backend.gather([*received, sent])
             return
-        state = self.learner.state_dict()
+        state = self.learner.state_dict(self.recipe.model.dtype)  # as the engines hold it
         self._gather_pool(
             "rollout", [(i, "update_weights", (state,)) for i in range(len(self.rollout))]
         )
@@ -258,7 +258,7 @@ class Controller:
                     self.weight_meta = None
                 workers[i] = self._spawn_rollout(self.model_path, i)  # the bundle it freed
                 if state is None:
-                    state = self.learner.state_dict()  # stays a ref
+                    state = self.learner.state_dict(self.recipe.model.dtype)  # a ref
                 self._ask(workers[i], "update_weights", state)
             else:
                 workers[i] = self._spawn_rewarder(i)

@@ -160,10 +160,11 @@ class LearnerGroup:
         )
         return merge_metrics(per_rank, samples, sum(map(len, shares)) - len(samples))
 
-    def state_dict(self) -> Any:
-        """A future of the full policy weights (rank 0's), for `backend.gather` or to hand to
-        other workers unopened; the other ranks' part of the call is awaited by the next call."""
-        return self._from_rank0("state_dict")
+    def state_dict(self, dtype: str | None = None) -> Any:
+        """A future of the full policy weights (rank 0's, cast to `dtype` if given), for
+        `backend.gather` or to hand to other workers unopened; the other ranks' part of the call
+        is awaited by the next call."""
+        return self._from_rank0("state_dict", dtype)
 
     def weight_group_address(self) -> tuple[str, int]:
         """Rank 0's node IP and a free port there, to host the rollout weight group's store."""

@@ -195,11 +195,20 @@ class LearnerWorker:
         release_freed_memory()
         return metrics
 
-    def state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The full policy weights on rank 0; None on other ranks, which under ZeRO-3 must still
-        join the parameter gathers (they hold shards of every parameter)."""
+    def state_dict(self, dtype: str | None = None) -> dict[str, torch.Tensor] | None:
+        """The full policy weights on rank 0 (floating-point ones cast to `dtype`, e.g. the
+        rollout engines' `model.dtype`: they cast on load anyway, to the same values, and bf16
+        halves what crosses the object store: 16 -> 8 MB and ray.put+get 37 -> 16 ms for the
+        tiny model); None on other ranks, which under ZeRO-3 must still join the parameter
+        gathers (they hold shards of every parameter)."""
         if self.rank == 0:
-            return self.learner.state_dict()
+            state = self.learner.state_dict()
+            if dtype is None:
+                return state
+            import torch
+
+            cast = getattr(torch, dtype)
+            return {k: v.to(cast) if v.is_floating_point() else v for k, v in state.items()}
         if self.cfg.deepspeed.zero_stage == 3:
             self.learner.state_dict()
         return None
