@@ -189,23 +189,22 @@ def _two_rank_recipe(tmp_path: Path) -> Recipe:
 
 
 @pytest.mark.slow
-def test_two_deepspeed_ranks_train_in_a_ray_run(tmp_path, monkeypatch):
+def test_two_deepspeed_ranks_train_in_a_ray_run(tmp_path):
     import ray
     import torch
     from transformers import AutoModelForCausalLM
 
+    from omnisched.config.schema import RayConfig
     from omnisched.orchestration.backend import InlineBackend, RayBackend
     from omnisched.orchestration.controller import Controller
 
     recipe = _two_rank_recipe(tmp_path)
 
-    # keep the run's placement group (and so its actors) past the run to inspect them; the
-    # ray.shutdown below ends them
-    monkeypatch.setattr(RayBackend, "release", lambda self: None)
     ray.init(num_cpus=4, include_dashboard=False)
+    backend = RayBackend(RayConfig())  # ours: the run's actors outlive the run, to inspect them
     try:
         ctrl = Controller(recipe, tmp_path / "run")
-        ctrl.run()
+        ctrl.run(backend)
         rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
         train = [r for r in rows if r["kind"] == "train"]
         assert [r["step"] for r in train] == [1, 2, 3]
@@ -222,6 +221,7 @@ def test_two_deepspeed_ranks_train_in_a_ray_run(tmp_path, monkeypatch):
             )
         )
     finally:
+        backend.shutdown()  # ends the run's placement group and actors
         ray.shutdown()
     start = AutoModelForCausalLM.from_pretrained(ctrl.model_path).state_dict()
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "run/checkpoints/final").state_dict()

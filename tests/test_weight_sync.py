@@ -173,23 +173,20 @@ def _weights(model: str) -> Callable[[object], dict[str, torch.Tensor]]:
 
 
 @pytest.mark.slow
-def test_a_ray_run_syncs_rollout_weights_by_broadcast_and_falls_back_after_a_restart(
-    tmp_path, monkeypatch
-):
+def test_a_ray_run_syncs_rollout_weights_by_broadcast_and_falls_back_after_a_restart(tmp_path):
     import ray
 
     from omnisched.orchestration.controller import Controller
 
     learner_model, engine_model = _weights("learner.model"), _weights("engine.model")
+    from omnisched.config.schema import RayConfig
     from omnisched.orchestration.backend import RayBackend
 
-    # keep the run's placement group (and so its actors) past the run to inspect them; the
-    # ray.shutdown below ends them
-    monkeypatch.setattr(RayBackend, "release", lambda self: None)
     ray.init(num_cpus=4, include_dashboard=False)
+    backend = RayBackend(RayConfig())  # ours: the run's actors outlive the run, to inspect them
     try:
         ctrl = Controller(_recipe(tmp_path), tmp_path / "run")
-        ctrl.run()
+        ctrl.run(backend)
         rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
         assert sum(r["samples_trained"] for r in rows if r["kind"] == "train") > 0
         assert ctrl.weight_meta is not None and ctrl.restarts["rollout"] == 0  # still broadcast
@@ -207,6 +204,7 @@ def test_a_ray_run_syncs_rollout_weights_by_broadcast_and_falls_back_after_a_res
         ctrl.sync_weights()
         restarted = ray.get(ctrl.rollout[0].__ray_call__.remote(engine_model))
     finally:
+        backend.shutdown()  # ends the run's placement group and actors
         ray.shutdown()
     initial = load_model(ctrl.model_path, "float32")[0].state_dict()
     assert any(not torch.equal(learner[k], initial[k]) for k in initial)  # it trained

@@ -456,10 +456,14 @@ class Controller:
         return record
 
     # ---- the run ---------------------------------------------------------------------------
-    def run(self) -> Path:
+    def run(self, backend: Backend | None = None) -> Path:
+        """Train the recipe; returns the run directory. Without `backend`, one is built from
+        `recipe.ray` and shut down at the end (actors and placement group with it); a given
+        backend stays up, with this run's actors, until its owner shuts it down."""
         r = self.recipe
         t_start = time.perf_counter()
-        backend = make_backend(r.ray)
+        owned = backend is None
+        backend = make_backend(r.ray) if backend is None else backend
         try:
             self.setup(backend)
             sched = SchedulerState.from_dict(self._ask(self.scheduler, "get_state"))
@@ -502,4 +506,5 @@ class Controller:
             self.metrics.close()
             return write_report(self.run_dir, state, title=f"omnisched run `{r.run.name}`")
         finally:
-            backend.shutdown()
+            if owned:
+                backend.shutdown()
