@@ -1,36 +1,32 @@
 """The HF rollout engine: batched sampling with a KV cache, logprobs, entropies, weight sync."""
 
-import itertools
 import math
-import random
 
 import pytest
 import torch
+from conftest import COPY_HELD_OUT, copy_model, random_model
 
-from omnisched.config.schema import ModelConfig, TinyModelConfig, WarmStartConfig
-from omnisched.model import load_model, warm_start
+from omnisched.config.schema import TinyModelConfig
+from omnisched.model import load_model
 from omnisched.rollout import ENGINES, HFEngine, RolloutEngine, SamplingParams
 
 TINY = TinyModelConfig(
     hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
     max_position_embeddings=64,
 )  # fmt: skip
-WORDS = ["".join(t) for t in itertools.product("abcdef", repeat=3)]
-random.Random(0).shuffle(WORDS)
-TRAIN, HELD_OUT = WORDS[:180], WORDS[180:]
+HELD_OUT = COPY_HELD_OUT
 PROMPTS = ["ab>", "Q: copy fed then stop\n>", "cab>", "x"]
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, str]:
-    """A random tiny model and the same model warm-started to copy 3-letter words."""
-    cache = tmp_path_factory.mktemp("cache")
-    demos = [(f"{w}>", w) for w in TRAIN]
-    out = {}
-    for name, steps in (("random", 0), ("trained", 60)):
-        ws = WarmStartConfig(steps=steps, batch_size=32, lr=3e-3, cache_dir=cache)
-        out[name] = str(warm_start(ModelConfig(tiny=TINY, warm_start=ws), demos, 0, threads=2))
-    return out
+    """A random tiny model without near-ties on PROMPTS, and the model warm-started to copy
+    3-letter words, verified to copy every held-out word (conftest)."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "random": random_model(TINY, root, PROMPTS, max_new_tokens=8),
+        "trained": copy_model(TINY, root / "cache", HELD_OUT),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +113,14 @@ def test_same_seed_reproduces_samples_and_another_seed_differs(engines):
     assert len(set(texts[0])) > len(PROMPTS)  # the n samples of a prompt differ
 
 
-def test_warm_started_model_solves_the_task_greedily(engines):
+def test_batched_greedy_decoding_reproduces_the_teacher_forced_answers(engines):
+    """The fixture verified (one forward pass per word) that greedy copies every held-out word
+    and stops; the engine's batched KV-cache decoding, with rows finishing at different steps,
+    must write exactly that."""
     out = engines["trained"].generate(
         [f"{w}>" for w in HELD_OUT], SamplingParams(max_new_tokens=6, temperature=0)
     )
-    correct = [g[0].finished and g[0].text == w for g, w in zip(out, HELD_OUT, strict=True)]
-    assert sum(correct) >= 0.9 * len(HELD_OUT)
+    assert [(g[0].text, g[0].finished) for g in out] == [(w, True) for w in HELD_OUT]
 
 
 def test_update_weights_turns_the_random_engine_into_the_trained_one(folders):

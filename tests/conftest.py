@@ -1,0 +1,95 @@
+"""Shared test helpers: tiny-model fixtures that check what they trained.
+
+A tiny model's greedy output is decided by its logits' top-2 gap; where that gap is within
+float noise (summation order differs between machines, kernels and batch layouts), two correct
+engines can disagree. Fixtures here therefore verify their models: the random model has a clear
+gap on every prompt the tests decode, and the trained copy model copies every word the tests
+use by a clear margin, training longer (up to a bound) until it does, else failing loudly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+WORDS = ["".join(t) for t in itertools.product("abcdef", repeat=3)]
+random.Random(0).shuffle(WORDS)
+COPY_TRAIN, COPY_HELD_OUT = WORDS[:180], WORDS[180:]
+GAP = 0.05  # logits: far above fp32 and bf16 rounding of a tiny model, far below real margins
+
+
+def greedy_gaps(model, prompt_ids: Sequence[int], token_ids: Sequence[int]) -> list[float]:
+    """Teacher-forced along `token_ids`: logit(chosen) - max(logit of any other token) at each
+    position. All > 0 means `token_ids` is exactly what greedy decoding writes."""
+    import torch
+
+    ids = torch.tensor([list(prompt_ids) + list(token_ids)])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    chosen = torch.tensor(list(token_ids)).unsqueeze(-1)
+    picked = logits.gather(-1, chosen).squeeze(-1)
+    other = logits.scatter(-1, chosen, float("-inf")).amax(-1)
+    return (picked - other).tolist()
+
+
+def clear_greedy(folder: str, prompts: Sequence[str], max_new_tokens: int) -> float:
+    """The smallest top-2 gap along the fp32 greedy continuations of `prompts`."""
+    from omnisched.model import load_model
+    from omnisched.rollout import HFEngine, SamplingParams
+
+    model, _ = load_model(folder, "float32")
+    engine = HFEngine(folder, dtype="float32")
+    out = engine.generate(
+        list(prompts), SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
+    )
+    return min(min(greedy_gaps(model, g[0].prompt_ids, g[0].token_ids)) for g in out)
+
+
+def random_model(tiny, root: Path, prompts: Sequence[str], max_new_tokens: int) -> str:
+    """A randomly initialised tiny model (the first seed from 0) whose greedy continuations of
+    `prompts` have no near-tie, so every engine must decode them identically."""
+    from omnisched.model import build_char_tokenizer, build_tiny_model, save_model
+
+    tok = build_char_tokenizer()
+    for seed in range(8):
+        folder = str(save_model(build_tiny_model(tiny, tok, seed=seed), tok, root / f"r{seed}"))
+        if clear_greedy(folder, prompts, max_new_tokens) > GAP:
+            return folder
+    raise RuntimeError(f"no random tiny model among 8 seeds decodes {prompts} without a near-tie")
+
+
+def copy_model(tiny, cache: Path, words: Sequence[str], steps: int = 60) -> str:
+    """The tiny model warm-started to copy 3-letter words (`w>` -> `w` EOS), verified: greedy
+    copies every word in `words` and stops, each token by a margin of 1 logit. Trains with
+    doubled steps (each a cached warm start of its own) until that holds."""
+    from omnisched.config.schema import ModelConfig, WarmStartConfig
+    from omnisched.model import load_model, warm_start
+
+    demos = [(f"{w}>", w) for w in COPY_TRAIN]
+    for _ in range(3):
+        ws = WarmStartConfig(steps=steps, batch_size=32, lr=3e-3, cache_dir=cache)
+        folder = str(warm_start(ModelConfig(tiny=tiny, warm_start=ws), demos, 0, threads=2))
+        model, tok = load_model(folder, "float32")
+        worst = min(
+            min(greedy_gaps(model, tok.encode(f"{w}>"), [*tok.encode(w), tok.eos_token_id]))
+            for w in words
+        )
+        if worst > 1.0:
+            return folder
+        steps *= 2
+    raise RuntimeError(
+        f"the copy model does not copy {list(words)} clearly after {steps // 2} steps"
+    )
+
+
+def pytest_unconfigure(config) -> None:
+    """vLLM imports triton, whose nanobind bindings print "nanobind: leaked N instances/types/
+    functions" to stderr as the interpreter exits (triton's module teardown, harmless). pytest's
+    report is complete by now, so stderr is closed for what is left of the exit."""
+    if "triton" in sys.modules:
+        sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
