@@ -9,6 +9,7 @@ use by a clear margin, training longer (up to a bound) until it does, else faili
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import random
@@ -87,9 +88,14 @@ def copy_model(tiny, cache: Path, words: Sequence[str], steps: int = 60) -> str:
 
 
 def pytest_unconfigure(config) -> None:
-    """vLLM imports triton, whose nanobind bindings print "nanobind: leaked N instances/types/
-    functions" to stderr as the interpreter exits (triton's module teardown, harmless). pytest's
-    report is complete by now, so stderr is closed for what is left of the exit."""
+    """torch and vLLM import triton, whose nanobind bindings print "nanobind: leaked N
+    instances / types / functions" to stderr as the interpreter tears its modules down
+    (triton's teardown, harmless; the report is complete by then). stderr is closed at exit,
+    after pytest has given back the file descriptors it captured."""
     if "triton" in sys.modules:
-        sys.stderr.flush()
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        atexit.register(_close_stderr)
+
+
+def _close_stderr() -> None:
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)

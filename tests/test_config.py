@@ -65,6 +65,12 @@ BASE = {"domains": [{"name": "m", "type": "math"}]}
             "domains.0.reward.0.judge: unknown judge 'gpt'",
         ),
         ({"rollout": {"backend": "sglang"}}, "rollout.backend: unknown rollout engine 'sglang'"),
+        ({"learner": {"kl_estimator": "k4"}}, "learner.kl_estimator: Input should be 'k1', 'k2'"),
+        ({"learner": {"adv_eps": 0}}, "learner.adv_eps: Input should be greater than 0"),
+        (
+            {"rollout": {"dynamic_sampling": {"enabled": True, "max_rounds": -1}}},
+            "rollout.dynamic_sampling.max_rounds: Input should be greater than or equal to 0",
+        ),
         ({"learner": {"backend": "megatron"}}, "learner.backend: unknown learner 'megatron'"),
     ],
 )

@@ -143,23 +143,34 @@ def test_zero3_state_dict_and_save_give_the_full_weights(tmp_path: Path) -> None
 
 
 def rank_samples(rank: int) -> list[TrainSample]:
-    """Different samples per rank, with equal sample and token counts (so the average of the two
-    ranks' normalised gradients is the gradient of the union)."""
+    """Different samples per rank, with different sample and token counts; rank 0's third is a
+    pad (as `deal` makes them: no loss), so both ranks run 3 micro-batches of 1."""
+    if rank == 0:
+        return [
+            TrainSample([5, 6], [8, 9, 10], advantage=1.0),
+            TrainSample([7, 3], [12, 13], advantage=0.5),
+            TrainSample([7, 3], [12], advantage=0.0, pad=True),
+        ]
     return [
-        TrainSample([5, 6 + rank], [8 + rank, 9, 10 - rank], advantage=1.0 - 2 * rank),
-        TrainSample([7, 3], [12 + rank, 13 + 2 * rank], advantage=0.5 + rank),
+        TrainSample([5, 7], [9, 9, 9, 11], advantage=-1.0),
+        TrainSample([7, 3], [13], advantage=1.5),
+        TrainSample([4], [14, 15], advantage=-0.5),
     ]
 
 
+UNION = (5, 12)  # real samples and their completion tokens over both ranks
+
+
 def run_rank(out: Path) -> None:
-    """One data-parallel rank: a ZeRO-2 step on this rank's samples, then a step with a
-    micro-batch count the other rank does not share (both ranks must refuse it)."""
+    """One data-parallel rank: a ZeRO-2 step on this rank's samples, normalised by the whole
+    batch's counts, then a step with a micro-batch count the other rank does not share (both
+    ranks must refuse it)."""
     rank = int(os.environ["RANK"])
     learner = deepspeed_learner(tiny_model(), ds_cfg(2, lr=1e-2, bf16=False, micro_batch_size=1))
-    learner.train_step(rank_samples(rank))
-    torch.save(learner.state_dict(), out / f"rank{rank}.pt")
+    metrics = learner.train_step(rank_samples(rank), *UNION)
+    torch.save({**learner.state_dict(), "metrics": metrics}, out / f"rank{rank}.pt")
     try:
-        learner.train_step(rank_samples(rank) * (1 + rank))
+        learner.train_step(rank_samples(rank) * (1 + rank), *UNION)
     except ValueError as err:
         (out / f"rank{rank}.err").write_text(str(err))
     torch.distributed.barrier()  # neither rank exits while its peer still talks to it
@@ -188,14 +199,19 @@ def test_two_ranks_end_with_identical_all_reduced_weights(tmp_path: Path) -> Non
     logs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    union = rank_samples(0) + rank_samples(1)
+    union = [s for r in range(2) for s in rank_samples(r) if not s.pad]
+    assert (len(union), sum(len(s.completion_ids) for s in union)) == UNION
     single = TorchLearner(tiny_model(), LearnerConfig(lr=1e-2, bf16=False), PAD)
-    single.train_step(union)
+    expected = single.train_step(union)  # the step the two ranks took together, pad or not
+    got = [ranks[r].pop("metrics") for r in range(2)]
+    # AdamW's first step hardly depends on the gradient's scale: check the loss and the norm
+    assert (got[0]["loss"] + got[1]["loss"]) / 2 == pytest.approx(expected["loss"], rel=1e-5)
+    assert got[0]["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
     for name, value in single.state_dict().items():
         assert torch.equal(ranks[0][name], ranks[1][name]), name
         torch.testing.assert_close(ranks[0][name], value, atol=1e-5, rtol=1e-4)
     for r in range(2):
-        assert "ranks got between 2 and 4 micro-batches" in (tmp_path / f"rank{r}.err").read_text()
+        assert "ranks got between 3 and 6 micro-batches" in (tmp_path / f"rank{r}.err").read_text()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from omnisched.learner.grpo import (
     group_advantages,
     grpo_loss,
     grpo_token_loss,
+    importance_log_ratio,
     k3_kl,
+    kl_estimate,
     token_entropy,
     token_logprobs,
     token_logprobs_and_entropy,
@@ -181,3 +183,79 @@ def test_grpo_loss_needs_reference_for_kl() -> None:
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="ref_logp"):
         grpo_loss(x, x, torch.ones(1), torch.ones(1, 2), clip_eps=0.2, kl_coef=0.1)
+
+
+def test_tied_groups_get_exactly_zero_advantage_despite_rounding() -> None:
+    # mean([0.1] * 3) rounds to 0.10000000000000002: r - mean is not 0 without the tie rule
+    rewards = torch.tensor([[0.1, 0.1, 0.1], [0.7, 0.7, 0.7], [0.1, 0.2, 0.3]], dtype=torch.float64)
+    adv = group_advantages(rewards, scale=True)
+    assert torch.equal(adv[:2], torch.zeros(2, 3))
+    assert adv[2].abs().min() == 0.0 and adv[2].abs().max() > 0.9  # the middle one is the mean
+
+
+def test_advantage_epsilon_keeps_near_ties_small() -> None:
+    near = torch.tensor([[0.5, 0.5 + 1e-6]])
+    assert group_advantages(near, eps=1e-4).abs().max() < 0.01  # TRL's eps: no blow-up
+    assert group_advantages(near, eps=1e-9).abs().max() > 0.6  # a tiny eps: a full +-0.7
+
+
+def test_logprobs_and_entropy_at_a_sampling_temperature_by_hand() -> None:
+    # logits [0, 2 ln 3] at T = 2 -> z = [0, ln 3] -> p = [1/4, 3/4]
+    logits = torch.tensor([[0.0, 2 * math.log(3.0)]])
+    close(token_logprobs(logits, torch.tensor([1]), temperature=2.0), [math.log(0.75)])
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    close(token_entropy(logits, temperature=2.0), [h])
+    logp, entropy = token_logprobs_and_entropy(logits, torch.tensor([0]), temperature=2.0)
+    close(logp, [math.log(0.25)])
+    close(entropy, [h])
+
+
+def test_kl_estimators_by_hand() -> None:
+    # logp - ref = d: k1 = d, k2 = d^2 / 2, k3 = exp(-d) + d - 1
+    logp = torch.tensor([-1.0, -1.0, -1.0])
+    ref = logp - torch.tensor([0.0, LN2, -LN2])
+    close(kl_estimate(logp, ref, "k1"), [0.0, LN2, -LN2])
+    close(kl_estimate(logp, ref, "k2"), [0.0, LN2**2 / 2, LN2**2 / 2])
+    close(kl_estimate(logp, ref, "k3"), k3_kl(logp, ref).tolist())
+    close(kl_estimate(logp, ref, "k3"), [0.0, 0.5 + LN2 - 1, 2 - LN2 - 1])
+    with pytest.raises(ValueError, match="k1, k2, k3"):
+        kl_estimate(logp, ref, "k4")  # type: ignore[arg-type]
+
+
+def test_sequence_level_ratio_is_the_mean_token_log_ratio() -> None:
+    logp = torch.tensor([[-1.0, -2.0, -9.0], [-1.0, 0.0, 0.0]])
+    old = torch.tensor([[-1.5, -1.5, 0.0], [-2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    close(importance_log_ratio(logp, old, mask, "token"), (logp - old).tolist())
+    close(importance_log_ratio(logp, old, mask, "sequence"), [[0.0], [1.0]])
+
+
+def test_gspo_clips_whole_sequences() -> None:
+    # sequence log-ratio ln 1.5 > ln 1.2: with A > 0 every token of it is clipped (no gradient)
+    logp = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]], requires_grad=True)
+    old = torch.zeros(2, 2)
+    mask = torch.tensor([[1, 1], [1, 1]])
+    loss, m = grpo_loss(
+        logp, old, torch.tensor([1.0, 1.0]), mask, clip_eps=0.2, importance_level="sequence"
+    )
+    loss.backward()
+    assert torch.equal(logp.grad[0], torch.zeros(2))
+    assert (logp.grad[1] < 0).all()
+    close(m["clip_frac"], 0.5)
+
+
+def test_bias_corrected_kl_changes_the_gradient_even_on_policy() -> None:
+    logp = torch.full((1, 2), -1.0, requires_grad=True)
+    ref = logp.detach() + LN2
+    mask = torch.ones(1, 2)
+    grads = []
+    for corrected in (False, True):
+        loss, _ = grpo_loss(
+            logp, logp.detach(), torch.zeros(1), mask, clip_eps=0.2, kl_coef=1.0,
+            ref_logp=ref, kl_bias_correction=corrected,
+        )  # fmt: skip
+        (g,) = torch.autograd.grad(loss, logp)
+        grads.append(g)
+    # plain k3: dk3/dlogp = 1 - exp(ref - logp) = -1; corrected: + k3 * d r / d logp = 1 - ln 2
+    close(grads[0], [[-0.5, -0.5]])
+    close(grads[1], [[(-1 + 1 - LN2) / 2] * 2])

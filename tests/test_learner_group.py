@@ -13,8 +13,8 @@ import pytest
 from omnisched.config.schema import LearnerConfig, Recipe
 from omnisched.errors import OmniError
 from omnisched.learner.base import ScoredGroup, TrainSample
+from omnisched.learner.batch import train_batch
 from omnisched.orchestration.learner_group import check_resume_world_size, deal, merge_metrics
-from omnisched.orchestration.workers import signal_samples
 
 
 def _sample(completion_len: int, tag: int = 0) -> TrainSample:
@@ -47,7 +47,7 @@ def test_deal_hand_worked_example_pads_the_short_rank():
     assert [len(s.completion_ids) for s in r0] == [8, 2, 1]
     assert [len(s.completion_ids) for s in r1] == [6, 3, 1]
     pad = r0[-1]
-    assert pad.advantage == 0.0 and pad.prompt_ids == samples[1].prompt_ids
+    assert pad.pad and pad.advantage == 0.0 and pad.prompt_ids == samples[1].prompt_ids
     assert pad.completion_ids == samples[1].completion_ids[:1]
     assert r1[-1] is samples[1]
 
@@ -78,7 +78,7 @@ def test_deal_equal_micro_batches_nothing_lost_pads_only_when_needed(seed):
                 assert real == Counter(map(id, samples))  # every sample exactly once
                 pads = [s for s in dealt if not any(s is x for x in samples)]
                 assert len(pads) == _fewest_pads(n, ranks, size), (ranks, size, n)
-                assert all(p.advantage == 0.0 and len(p.completion_ids) == 1 for p in pads)
+                assert all(p.pad and len(p.completion_ids) == 1 for p in pads)
                 sizes = [len(share) for share in shares]
                 assert max(sizes) - min(sizes) <= 1
 
@@ -88,17 +88,19 @@ def test_deal_refuses_samples_without_completion_tokens():
         deal([_sample(0), _sample(0)], ranks=2, micro_batch_size=4)
 
 
-def test_signal_samples_drop_tied_groups_unless_kl():
+def test_train_batch_leaves_out_tied_groups_unless_kl_but_counts_them():
     groups = [
         ScoredGroup([1, 2], [[3], [4]], [1.0, 0.0]),
-        ScoredGroup([5, 6], [[7], [8]], [0.5, 0.5]),  # a tie: zero advantage
+        ScoredGroup([5, 6], [[7, 9], [8]], [0.1, 0.1]),  # a tie: zero advantage
     ]
-    kept = signal_samples(groups, LearnerConfig(scale_advantages=False))
-    assert [(s.prompt_ids, s.completion_ids, s.advantage) for s in kept] == [
+    batch = train_batch(groups, LearnerConfig(scale_advantages=False))
+    assert [(s.prompt_ids, s.completion_ids, s.advantage) for s in batch.samples] == [
         ([1, 2], [3], 0.5),
         ([1, 2], [4], -0.5),
     ]
-    assert len(signal_samples(groups, LearnerConfig(kl_coef=0.1))) == 4
+    assert (batch.num_seqs, batch.num_tokens) == (4, 5)  # the normalisers count the tie too
+    with_kl = train_batch(groups, LearnerConfig(kl_coef=0.1))
+    assert len(with_kl.samples) == 4 and with_kl.samples[2].advantage == 0.0
 
 
 def test_merge_metrics_counts_real_samples_and_averages_the_rest():

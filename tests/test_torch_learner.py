@@ -184,3 +184,79 @@ def test_learner_worker_computes_group_advantages_and_skips_tied_groups(tmp_path
         assert torch.equal(half[name], value.to(torch.bfloat16))
         engine_side = torch.empty_like(value, dtype=torch.bfloat16).copy_(value)  # load_state_dict
         assert torch.equal(half[name], engine_side)
+
+
+def tied_groups() -> list:
+    """3 groups of 3 ragged completions; the middle group's rewards tie."""
+    from omnisched.learner.base import ScoredGroup
+
+    samples = ragged_samples(9, seed=4)
+    rewards = [[1.0, 0.0, 0.5], [0.3, 0.3, 0.3], [0.0, 0.0, 1.0]]
+    return [
+        ScoredGroup(
+            samples[3 * i].prompt_ids, [s.completion_ids for s in samples[3 * i : 3 * i + 3]], r
+        )
+        for i, r in enumerate(rewards)
+    ]
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "sequence-mean", "dr-grpo"])
+def test_leaving_out_tied_groups_never_changes_the_gradient(loss_agg: str) -> None:
+    """The batch as drawn (every completion, zero advantages included) and the `train_batch`
+    (tied group left out, the whole batch's counts kept) give the same loss and gradient."""
+    from omnisched.learner.batch import train_batch
+    from omnisched.learner.grpo import group_advantages
+
+    groups = tied_groups()
+    cfg = LearnerConfig(loss_agg=loss_agg, bf16=False, micro_batch_size=2)
+    adv = group_advantages(torch.tensor([g.rewards for g in groups]), eps=cfg.adv_eps)
+    everything = [
+        TrainSample(g.prompt_ids, c, float(adv[i, j]))
+        for i, g in enumerate(groups)
+        for j, c in enumerate(g.completion_ids)
+    ]
+    batch = train_batch(groups, cfg)
+    assert len(batch.samples) == 5 and batch.num_seqs == 9  # the tie, and a reward at its mean
+    full = TorchLearner(tiny_model(), cfg, PAD, max_completion_len=8)
+    skipped = TorchLearner(tiny_model(), cfg, PAD, max_completion_len=8)
+    m_full = full.compute_gradients(everything)
+    m_skip = skipped.compute_gradients(batch.samples, batch.num_seqs, batch.num_tokens)
+    assert m_skip["loss"] == pytest.approx(m_full["loss"], rel=1e-6, abs=1e-7)
+    for a, b in zip(full.params, skipped.params, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-7, rtol=1e-5)
+    # normalised by what it trained, the shrunken batch would weigh its samples higher
+    naive = TorchLearner(tiny_model(), cfg, PAD, max_completion_len=8)
+    naive.compute_gradients(batch.samples)
+    ratio = naive.params[0].grad.norm() / full.params[0].grad.norm()
+    assert ratio > 1.2
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.5])
+def test_learner_logprobs_equal_the_engines_on_policy(tmp_path: Path, temperature: float) -> None:
+    """The HF engine samples at T and returns the sampled tokens' logprobs; the learner's
+    logprobs of the same tokens at T agree, so the on-policy importance ratio is 1."""
+    from omnisched.config.schema import TinyModelConfig
+    from omnisched.model import build_char_tokenizer, build_tiny_model, load_model, save_model
+    from omnisched.rollout import HFEngine, SamplingParams
+
+    tok = build_char_tokenizer()
+    cfg = TinyModelConfig(
+        hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64
+    )
+    save_model(build_tiny_model(cfg, tok, 0), tok, tmp_path)
+    engine = HFEngine(str(tmp_path), dtype="float32")
+    params = SamplingParams(n=3, max_new_tokens=6, temperature=temperature, seed=0)
+    done = [c for g in engine.generate(["ab>", "hello"], params) for c in g]
+    model, _ = load_model(tmp_path, "float32")
+    learner = TorchLearner(
+        model, LearnerConfig(bf16=False), tok.pad_token_id, temperature=temperature
+    )
+    samples = [TrainSample(c.prompt_ids, c.token_ids, 1.0) for c in done]
+    for ours, c in zip(learner.logprobs(samples), done, strict=True):
+        torch.testing.assert_close(
+            torch.tensor(ours), torch.tensor(c.logprobs), atol=2e-5, rtol=1e-5
+        )
+    # at T != 1 the temperature-1 logprobs would not be the sampler's
+    if temperature != 1.0:
+        plain = TorchLearner(model, LearnerConfig(bf16=False), tok.pad_token_id)
+        assert plain.logprobs(samples[:1])[0] != pytest.approx(done[0].logprobs, abs=1e-3)

@@ -110,6 +110,20 @@ class DomainConfig(Strict):
     )
 
 
+class DynamicSamplingConfig(Strict):
+    """DAPO's dynamic sampling: groups whose rewards all tie carry no signal; draw more prompts
+    and refill the batch with groups that do, for at most `max_rounds` extra generation rounds
+    (a batch still short after them trains on what it has). `true` / `false` set `enabled`."""
+
+    enabled: bool = False
+    max_rounds: int = Field(3, ge=0, description="extra generation rounds per step at most")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, data: Any) -> Any:
+        return {"enabled": data} if isinstance(data, bool) else data
+
+
 class RolloutConfig(Strict):
     backend: str = "hf"
     num_workers: int = Field(1, ge=1)
@@ -120,6 +134,7 @@ class RolloutConfig(Strict):
     max_new_tokens: int = Field(24, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
     weight_sync: Literal["object_store", "broadcast"] = Field(
         "object_store",
         description="how learner weights reach the engines after each step: object_store sends "
@@ -168,9 +183,21 @@ class LearnerConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip (lower)")
     clip_eps_high: float | None = Field(None, gt=0, description="DAPO clip-higher; None = clip_eps")
-    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the frozen reference; 0 disables it")
+    kl_coef: float = Field(0.0, ge=0, description="KL to the frozen reference; 0 disables it")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="per-token KL estimate (Schulman 2020): k3 as GRPO/TRL, k1, k2"
+    )
+    kl_bias_correction: bool = Field(
+        False,
+        description="multiply the KL term by the importance ratio (TRL use_bias_correction_kl, "
+        "its default since 1.16): the unbiased reverse-KL gradient",
+    )
     loss_agg: Literal["token-mean", "sequence-mean", "dr-grpo"] = "token-mean"
+    importance_sampling: Literal["token", "sequence"] = Field(
+        "token", description="clip per-token ratios (PPO/GRPO) or GSPO's per-sequence ratio"
+    )
     scale_advantages: bool = Field(True, description="divide by group std (False = Dr.GRPO)")
+    adv_eps: float = Field(1e-4, gt=0, description="A = (r - mean) / (std + adv_eps), as TRL")
     ppo_epochs: int = Field(1, ge=1)
     micro_batch_size: int = Field(64, ge=1)
     bf16: bool = True

@@ -23,23 +23,47 @@ class TrainSample:
     completion_ids: list[int]
     advantage: float
     old_logprobs: list[float] | None = None
+    pad: bool = False  # a filler row (equal micro-batch counts across ranks): carries no loss
 
 
 @dataclass
 class ScoredGroup:
-    """The G completions of one prompt with their rewards, before advantages are computed."""
+    """The G completions of one drawn prompt with their rewards, before advantages are
+    computed. `group_id` is unique per draw: the same prompt drawn twice is two groups."""
 
     prompt_ids: list[int]
     completion_ids: list[list[int]]
     rewards: list[float]
+    group_id: str = ""
+    logprobs: list[list[float]] | None = None  # the sampler's, per completion token (off-policy)
+
+
+@dataclass
+class TrainBatch:
+    """What one optimizer step trains on. `samples` may leave out completions that cannot move
+    the loss (zero advantage and no KL term): a speed-up only. `num_seqs` and `num_tokens` count
+    every completion of the batch as drawn (and their tokens), so the loss normalisers of
+    GRPO, DAPO and Dr.GRPO are those of the whole batch, whatever was left out."""
+
+    samples: list[TrainSample]
+    num_seqs: int
+    num_tokens: int
 
 
 @runtime_checkable
 class Learner(Protocol):
     """A training backend (plain torch on CPU, DeepSpeed ZeRO on GPU)."""
 
-    def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        """One optimizer step on the samples; returns scalar metrics (loss, kl, grad_norm...)."""
+    def train_step(
+        self,
+        samples: Sequence[TrainSample],
+        num_seqs: int | None = None,
+        num_tokens: int | None = None,
+    ) -> dict[str, float]:
+        """One optimizer step on the samples; returns scalar metrics (loss, kl, grad_norm...).
+
+        `num_seqs` / `num_tokens`: the whole batch's counts for the loss normalisers (a
+        `TrainBatch`'s); None counts `samples`."""
         ...
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,11 +1,13 @@
 """DeepSpeed ZeRO GRPO learner: the torch learner's micro-batches and loss on a DeepSpeed engine.
 
-The GRPO step is `TorchLearner`'s (same loss, PPO epochs, k3 KL to a frozen reference); DeepSpeed
+The GRPO step is `TorchLearner`'s (same loss, PPO epochs, KL to a frozen reference); DeepSpeed
 owns what scales out: ZeRO sharding of optimizer states, gradients (stage 2) and parameters
 (stage 3) over data-parallel ranks, the gradient reduction, bf16 with fp32 master weights, and
 gradient clipping. Each rank calls `train_step` on its own samples and must get as many
 micro-batches as every other rank (ZeRO runs collectives per micro-batch); gradients are averaged
-over ranks. Without CUDA it runs on DeepSpeed's CPU accelerator over gloo.
+over ranks, so each rank divides its loss by the whole batch's counts over the world size: the
+step is then the single-learner step on every rank's samples. Without CUDA it runs on
+DeepSpeed's CPU accelerator over gloo.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ from transformers import PreTrainedModel
 
 from omnisched.config.schema import LearnerConfig
 from omnisched.learner.base import TrainSample
-from omnisched.learner.torch_learner import (
+from omnisched.learner.step import (
     MicroBatch,
+    Normalisers,
     accumulate_gradients,
     check_samples,
     fill_fixed_logprobs,
     frozen_reference,
-    max_completion,
     micro_batches,
+    normalisers,
+    sample_logprobs,
     step_metrics,
 )
 
@@ -102,10 +106,12 @@ class DeepSpeedLearner:
         pad_token_id: int,
         ref_model: PreTrainedModel | None = None,
         max_completion_len: int | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.cfg = cfg
         self.pad_token_id = pad_token_id
         self.max_completion_len = max_completion_len
+        self.temperature = temperature
         self.ref_model = frozen_reference(model, ref_model, cfg)  # copied before bf16 casting
         self.dtypes = {k: v.dtype for k, v in model.state_dict().items()}  # handed back in these
         self.dtype = model.dtype
@@ -122,23 +128,37 @@ class DeepSpeedLearner:
         if self.ref_model is not None:
             self.ref_model.to(self.device)
 
-    def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
+    def train_step(
+        self,
+        samples: Sequence[TrainSample],
+        num_seqs: int | None = None,
+        num_tokens: int | None = None,
+    ) -> dict[str, float]:
         """`cfg.ppo_epochs` passes over `samples`, each one optimizer step per accumulation group;
-        metrics (this rank's, as `TorchLearner.train_step`) are averaged over the steps."""
+        metrics (this rank's, as `TorchLearner.train_step`) are averaged over the steps.
+        `num_seqs` / `num_tokens` count the whole batch over every rank (None: this rank's
+        `samples` times the world size, i.e. ranks of equal counts)."""
         t0 = time.perf_counter()
         check_samples(samples)
         cfg = self.cfg
         batches = micro_batches(samples, cfg.micro_batch_size, self.pad_token_id, self.device)
         self._check_ranks_agree(len(batches))
-        max_len = max_completion(samples, self.max_completion_len)
-        fill_fixed_logprobs(self.engine, self.ref_model, batches, cfg)
+        norm = normalisers(samples, num_seqs, num_tokens, self.max_completion_len)
+        if num_seqs is not None or num_tokens is not None:  # the world's: this rank's share
+            world = dist.get_world_size()
+            norm = Normalisers(norm.tokens / world, norm.seqs / world, norm.max_len)
+        fill_fixed_logprobs(self.engine, self.ref_model, batches, cfg, self.temperature)
         self.engine.train()
         steps = [
-            self._optimizer_step(group, num_tokens, num_seqs, max_len)
+            self._optimizer_step(group, group_norm)
             for _ in range(cfg.ppo_epochs)
-            for group, num_tokens, num_seqs in self._accumulation_groups(batches, samples)
+            for group, group_norm in self._accumulation_groups(batches, norm)
         ]
         return step_metrics(steps, samples, cfg.ppo_epochs, t0)
+
+    def logprobs(self, samples: Sequence[TrainSample]) -> list[list[float]]:
+        """Completion-token logprobs of the current policy at the sampling temperature."""
+        return sample_logprobs(self.model, samples, self.cfg, self.pad_token_id, self.temperature)
 
     def state_dict(self) -> dict[str, Tensor]:
         """Full policy weights as a detached CPU snapshot in the model's original dtypes. Under
@@ -161,22 +181,26 @@ class DeepSpeedLearner:
             self.model.config.save_pretrained(str(path))
 
     def _accumulation_groups(
-        self, batches: list[MicroBatch], samples: Sequence[TrainSample]
-    ) -> list[tuple[list[MicroBatch], int, int]]:
-        """Micro-batches per optimizer step, each with the token and sequence counts that
-        normalise its loss (the whole step's when one group holds every micro-batch)."""
+        self, batches: list[MicroBatch], norm: Normalisers
+    ) -> list[tuple[list[MicroBatch], Normalisers]]:
+        """Micro-batches per optimizer step, each with the counts that normalise its loss: the
+        whole step's when one group holds every micro-batch, else the group's share of them
+        (in proportion to the tokens, resp. rows, it trains)."""
         size = self.cfg.deepspeed.gradient_accumulation_steps or len(batches)
         if size >= len(batches):
-            return [(batches, sum(len(s.completion_ids) for s in samples), len(samples))]
-        groups = [batches[i : i + size] for i in range(0, len(batches), size)]
-        return [
-            (g, sum(int(mb.mask.sum()) for mb in g), sum(len(mb.advantages) for mb in g))
-            for g in groups
-        ]
+            return [(batches, norm)]
+        tokens = sum(float(mb.mask.sum()) for mb in batches)
+        rows = sum(len(mb.advantages) for mb in batches)
+        out = []
+        for i in range(0, len(batches), size):
+            group = batches[i : i + size]
+            t = sum(float(mb.mask.sum()) for mb in group)
+            r = sum(len(mb.advantages) for mb in group)
+            share = Normalisers(norm.tokens * t / tokens, norm.seqs * r / rows, norm.max_len)
+            out.append((group, share))
+        return out
 
-    def _optimizer_step(
-        self, batches: list[MicroBatch], num_tokens: int, num_seqs: int, max_len: int
-    ) -> dict[str, float]:
+    def _optimizer_step(self, batches: list[MicroBatch], norm: Normalisers) -> dict[str, float]:
         """DeepSpeed accumulates (and ZeRO reduces) micro-batch gradients up to the boundary, then
         clips and steps. The losses are already normalised by the step's counts: no 1/GAS scale."""
 
@@ -185,20 +209,14 @@ class DeepSpeedLearner:
             self.engine.backward(loss, scale_wrt_gas=False)
 
         sums = accumulate_gradients(
-            self.engine,
-            batches,
-            self.cfg,
-            backward,
-            max_len=max_len,
-            num_tokens=num_tokens,
-            num_seqs=num_seqs,
+            self.engine, batches, self.cfg, backward, norm, self.temperature
         )
         plain_norm = self._plain_grad_norm()
         self.engine.step()
-        norm = self.engine.get_global_grad_norm() if plain_norm is None else plain_norm
-        if norm is None:
+        norm_value = self.engine.get_global_grad_norm() if plain_norm is None else plain_norm
+        if norm_value is None:
             raise RuntimeError("DeepSpeed computed no gradient norm for this step")
-        sums["grad_norm"] = torch.as_tensor(norm)  # pre-clip, over all ranks
+        sums["grad_norm"] = torch.as_tensor(norm_value)  # pre-clip, over all ranks
         return {k: float(v) for k, v in sums.items()}
 
     def _plain_grad_norm(self) -> Tensor | None:

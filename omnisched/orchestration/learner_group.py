@@ -32,14 +32,9 @@ def deal(
     When n non-empty samples cannot give every rank the same count m = ceil(n / (ranks * size))
     of micro-batches (e.g. n < ranks), pad samples (the fewest that make it possible, at most
     ranks - 1) fill the ranks that are short: each is the shortest sample's prompt plus its first
-    completion token, with advantage 0. Its clipped surrogate is 0, so it adds no gradient (with
-    `kl_coef` > 0 it adds that one token's KL term), but each rank normalises its loss by its own
-    counts and DeepSpeed averages the ranks' gradients: a pad adds 1 to its rank's token count
-    (token-mean) and sequence count (sequence-mean, dr-grpo), so that rank's real samples weigh
-    T/(T+1) (resp. S/(S+1)) of what they would without it. Without pads the step equals the
-    single-learner step on all samples when the ranks' token (token-mean) or sample
-    (sequence-mean, dr-grpo) counts are equal; otherwise each rank's samples weigh 1 / (ranks *
-    that rank's count)."""
+    completion token, marked `pad` so that it carries no loss at all. Every rank divides its loss
+    by the whole batch's counts (`TrainBatch`) over the world size and DeepSpeed averages the
+    ranks' gradients, so the step equals the single-learner step on all samples, pads or not."""
     full = sorted(
         (s for s in samples if s.completion_ids), key=lambda s: len(s.completion_ids), reverse=True
     )
@@ -53,6 +48,7 @@ def deal(
         shortest.completion_ids[:1],
         0.0,
         None if shortest.old_logprobs is None else shortest.old_logprobs[:1],
+        pad=True,
     )
     items = full + [pad] * max(0, ranks * fewest - len(full))
     room = [len(items) // ranks + (r < len(items) % ranks) for r in range(ranks)]
@@ -130,14 +126,22 @@ class LearnerGroup:
             r.run.seed,
             r.rollout.max_new_tokens,
         )
+        sampling = {"temperature": r.rollout.temperature}
         resources = {"num_cpus": pl.learner_cpus_per_worker, "num_gpus": pl.learner_gpus_per_worker}
         where = list(bundles) if bundles is not None else [None] * pl.learner_workers
         if pl.learner_workers == 1:
-            self.workers = [backend.spawn(LearnerWorker, *args, **resources, bundle=where[0])]
+            self.workers = [
+                backend.spawn(LearnerWorker, *args, **sampling, **resources, bundle=where[0])
+            ]
             return
         self.workers = [
             backend.spawn(
-                LearnerWorker, *args, world_size=pl.learner_workers, **resources, bundle=where[r]
+                LearnerWorker,
+                *args,
+                world_size=pl.learner_workers,
+                **sampling,
+                **resources,
+                bundle=where[r],
             )
             for r in range(pl.learner_workers)
         ]
@@ -151,12 +155,17 @@ class LearnerGroup:
         `merge_metrics` (`samples_trained` counts real samples, not pads)."""
         if len(self.workers) == 1:
             return self._ask(self.workers[0], "train_groups", groups)
-        samples = self._ask(self.workers[0], "signal_samples", groups)
+        batch = self._ask(self.workers[0], "train_batch", groups)
+        samples = batch.samples
         if not samples:
             return {"samples_trained": 0}
         shares = deal(samples, len(self.workers), self.micro_batch_size)
+        counts = (batch.num_seqs, batch.num_tokens)  # the whole batch's, on every rank
         per_rank = self.backend.gather(
-            [self.backend.call(w, "train_step", share) for w, share in zip(self.workers, shares)]
+            [
+                self.backend.call(w, "train_step", share, *counts)
+                for w, share in zip(self.workers, shares)
+            ]
         )
         return merge_metrics(per_rank, samples, sum(map(len, shares)) - len(samples))
 

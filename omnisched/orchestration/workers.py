@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from omnisched.config.schema import LearnerConfig
 from omnisched.errors import OmniError
-from omnisched.learner.base import ScoredGroup, TrainSample
+from omnisched.learner.base import ScoredGroup, TrainBatch, TrainSample
 from omnisched.rollout.base import Completion, SamplingParams
 
 if TYPE_CHECKING:  # torch loads inside the worker processes only; the driver stays torch-free
@@ -96,22 +96,6 @@ def trainer_state_file(rank: int, world_size: int) -> str:
     return TRAINER_STATE if world_size == 1 else f"trainer_state_rank{rank}.pt"
 
 
-def signal_samples(groups: Sequence[ScoredGroup], cfg: LearnerConfig) -> list[TrainSample]:
-    """Group-relative advantages, keeping the samples that carry signal (a group whose rewards
-    all tie has zero advantage and, without KL, no gradient)."""
-    import torch
-
-    from omnisched.learner.grpo import group_advantages
-
-    adv = group_advantages(torch.tensor([g.rewards for g in groups]), scale=cfg.scale_advantages)
-    return [
-        TrainSample(g.prompt_ids, ids, float(adv[i, j]))
-        for i, g in enumerate(groups)
-        for j, ids in enumerate(g.completion_ids)
-        if cfg.kl_coef > 0 or abs(float(adv[i, j])) > 1e-8
-    ]
-
-
 class LearnerWorker:
     """Owns the policy being trained, or one data-parallel rank of it: `train_groups` /
     `train_step`, `state_dict`, `save`.
@@ -128,8 +112,9 @@ class LearnerWorker:
         seed: int,
         max_completion_len: int | None = None,
         world_size: int = 1,
+        temperature: float = 1.0,
     ) -> None:
-        self.build_args = (backend, model_path, threads, seed, max_completion_len)
+        self.build_args = (backend, model_path, threads, seed, max_completion_len, temperature)
         self.cfg = cfg
         self.rank = 0
         self.world_size = world_size
@@ -165,7 +150,7 @@ class LearnerWorker:
         from omnisched.learner import LEARNERS
         from omnisched.model.build import cpu_attention, load_model
 
-        backend, model_path, threads, seed, max_completion_len = self.build_args
+        backend, model_path, threads, seed, max_completion_len, temperature = self.build_args
         _quiet_worker(threads)
         torch.manual_seed(seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -176,22 +161,31 @@ class LearnerWorker:
             self.cfg,
             pad_token_id=tokenizer.pad_token_id,
             max_completion_len=max_completion_len,
+            temperature=temperature,
         )
         self.tokenizer = tokenizer
         freeze_long_lived()
 
     def train_groups(self, groups: Sequence[ScoredGroup]) -> dict[str, float]:
-        """One optimizer step on the `signal_samples` of `groups` (a world of one only)."""
-        samples = self.signal_samples(groups)
-        if not samples:
+        """One optimizer step on the `train_batch` of `groups` (a world of one only)."""
+        batch = self.train_batch(groups)
+        if not batch.samples:
             return {"samples_trained": 0}
-        return {**self.train_step(samples), "samples_trained": len(samples)}
+        metrics = self.train_step(batch.samples, batch.num_seqs, batch.num_tokens)
+        return {**metrics, "samples_trained": len(batch.samples)}
 
-    def signal_samples(self, groups: Sequence[ScoredGroup]) -> list[TrainSample]:
-        return signal_samples(groups, self.cfg)
+    def train_batch(self, groups: Sequence[ScoredGroup]) -> TrainBatch:
+        from omnisched.learner.batch import train_batch
 
-    def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        metrics = self.learner.train_step(samples)
+        return train_batch(groups, self.cfg)
+
+    def train_step(
+        self,
+        samples: Sequence[TrainSample],
+        num_seqs: int | None = None,
+        num_tokens: int | None = None,
+    ) -> dict[str, float]:
+        metrics = self.learner.train_step(samples, num_seqs, num_tokens)
         release_freed_memory()
         return metrics
 

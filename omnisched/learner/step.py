@@ -1,0 +1,261 @@
+"""One GRPO optimizer step's pieces, shared by the torch and DeepSpeed learners.
+
+Samples become right-padded micro-batches (longest first); logits are computed only at the
+positions that predict completion tokens (HF `logits_to_keep`) and divided by the sampling
+temperature; every micro-batch loss is divided by the whole batch's counts (`Normalisers`), so
+accumulating them gives exactly the full-batch gradient of the loss as GRPO, DAPO or Dr.GRPO
+define it, however the batch was split and whatever samples were left out. Only the backward
+pass and the optimizer step differ between backends.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from omnisched.config.schema import LearnerConfig
+from omnisched.learner.base import TrainSample
+from omnisched.learner.grpo import grpo_loss, masked_mean, token_logprobs_and_entropy
+
+
+@dataclass
+class MicroBatch:
+    """Right-padded prompt+completion rows; `[b, W]` tensors cover the window `positions`."""
+
+    input_ids: Tensor  # [b, L]
+    attention_mask: Tensor  # [b, L]
+    positions: Tensor  # [W] sequence positions whose logits predict a completion token
+    labels: Tensor  # [b, W] the token at position + 1
+    mask: Tensor  # [b, W] True where the label is a completion token that carries loss
+    advantages: Tensor  # [b]
+    old_logp: Tensor  # [b, W] sampler logprobs (0 where absent)
+    has_old: Tensor  # [b, 1] True where the sample carried old_logprobs
+    ref_logp: Tensor | None = None  # [b, W] frozen reference logprobs, filled before the epochs
+
+
+@dataclass(frozen=True)
+class Normalisers:
+    """What a step's loss is divided by (`grpo.aggregate`): the completion tokens (token-mean)
+    and sequences (sequence-mean, dr-grpo) of the whole batch as drawn, and Dr.GRPO's constant
+    completion budget `max_len`."""
+
+    tokens: float
+    seqs: float
+    max_len: int
+
+
+def build_micro_batch(samples: Sequence[TrainSample], pad_token_id: int) -> MicroBatch:
+    """Pad samples to one batch; completion token j of row i sits at position P_i + j."""
+    prompt_lens = torch.tensor([len(s.prompt_ids) for s in samples])
+    comp_lens = torch.tensor([len(s.completion_ids) for s in samples])
+    ends = prompt_lens + comp_lens
+    input_ids = torch.full((len(samples), int(ends.max())), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, s in enumerate(samples):
+        input_ids[i, : ends[i]] = torch.tensor(s.prompt_ids + s.completion_ids, dtype=torch.long)
+        attention_mask[i, : ends[i]] = 1
+    start = int(prompt_lens.min()) - 1  # logits at position p predict the token at p + 1
+    positions = torch.arange(start, max(int(ends.max()) - 1, start + 1))
+    labels = input_ids[:, positions + 1]
+    mask = (positions >= prompt_lens[:, None] - 1) & (positions < ends[:, None] - 1)
+    mask &= ~torch.tensor([s.pad for s in samples])[:, None]  # filler rows carry no loss
+    old_logp = torch.zeros(labels.shape, dtype=torch.float32)
+    has_old = torch.zeros(len(samples), 1, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        if s.old_logprobs is not None:
+            first = int(prompt_lens[i]) - 1 - start
+            old_logp[i, first : first + len(s.old_logprobs)] = torch.tensor(s.old_logprobs)
+            has_old[i] = True
+    advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
+    return MicroBatch(
+        input_ids, attention_mask, positions, labels, mask, advantages, old_logp, has_old
+    )
+
+
+def check_samples(samples: Sequence[TrainSample]) -> None:
+    """Reject batches the loss cannot be defined on, naming the offending sample."""
+    if not any(s.completion_ids for s in samples):
+        raise ValueError("train_step needs at least one sample with a non-empty completion")
+    for i, s in enumerate(samples):
+        if not s.prompt_ids:
+            raise ValueError(f"sample {i}: empty prompt_ids (a completion token needs context)")
+        if s.old_logprobs is not None and len(s.old_logprobs) != len(s.completion_ids):
+            raise ValueError(
+                f"sample {i}: {len(s.old_logprobs)} old_logprobs for "
+                f"{len(s.completion_ids)} completion tokens"
+            )
+
+
+def normalisers(
+    samples: Sequence[TrainSample],
+    num_seqs: int | None,
+    num_tokens: int | None,
+    max_completion_len: int | None,
+) -> Normalisers:
+    """The batch's counts (`TrainBatch.num_seqs` / `num_tokens`; by default those of the real,
+    non-pad `samples`) and Dr.GRPO's budget: the configured one, else the longest completion."""
+    real = [s for s in samples if not s.pad]
+    tokens = sum(len(s.completion_ids) for s in real) if num_tokens is None else num_tokens
+    seqs = len(real) if num_seqs is None else num_seqs
+    longest = max(len(s.completion_ids) for s in samples)
+    return Normalisers(float(tokens), float(seqs), max_completion_len or longest)
+
+
+def micro_batches(
+    samples: Sequence[TrainSample], size: int, pad_token_id: int, device: torch.device
+) -> list[MicroBatch]:
+    """Chunks of `size` samples on `device`, longest first; empty completions are left out."""
+    # Sorting by length before chunking keeps padding small; the loss does not depend on order.
+    # Empty completions carry no token loss; they still count in the step's num_seqs.
+    order = sorted(
+        (s for s in samples if s.completion_ids),
+        key=lambda s: len(s.prompt_ids) + len(s.completion_ids),
+        reverse=True,
+    )
+    chunks = [order[i : i + size] for i in range(0, len(order), size)]
+    return [_to_device(build_micro_batch(c, pad_token_id), device) for c in chunks]
+
+
+def _to_device(mb: MicroBatch, device: torch.device) -> MicroBatch:
+    moved = {k: v.to(device) for k, v in vars(mb).items() if isinstance(v, Tensor)}
+    return MicroBatch(**moved)
+
+
+def policy_logits(model: nn.Module, mb: MicroBatch, bf16: bool) -> Tensor:
+    """Logits [b, W, V] at the window positions (`model` may be a DeepSpeed engine)."""
+    with torch.autocast(mb.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            logits_to_keep=mb.positions,
+            use_cache=False,
+        )
+    return out.logits
+
+
+def logprobs_of(
+    model: nn.Module, mb: MicroBatch, cfg: LearnerConfig, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """(logprobs, entropies) [b, W] of the window's labels under softmax(logits / T)."""
+    return token_logprobs_and_entropy(policy_logits(model, mb, cfg.bf16), mb.labels, temperature)
+
+
+@torch.no_grad()
+def fill_fixed_logprobs(
+    model: nn.Module,
+    ref_model: nn.Module | None,
+    batches: list[MicroBatch],
+    cfg: LearnerConfig,
+    temperature: float = 1.0,
+) -> None:
+    """Logprobs that stay fixed across PPO epochs: the reference's, and (when epochs > 1) the
+    pre-update policy's for samples without sampler logprobs, so later epochs see ratio != 1."""
+    need_old = cfg.ppo_epochs > 1
+    if need_old:
+        model.eval()
+    for mb in batches:
+        if ref_model is not None:
+            mb.ref_logp, _ = logprobs_of(ref_model, mb, cfg, temperature)
+        if need_old and not bool(mb.has_old.all()):
+            cur, _ = logprobs_of(model, mb, cfg, temperature)
+            mb.old_logp = torch.where(mb.has_old, mb.old_logp, cur)
+            mb.has_old = torch.ones_like(mb.has_old)
+
+
+Backward = Callable[[Tensor, bool], None]  # (micro-batch loss, is the step's last micro-batch)
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    batches: list[MicroBatch],
+    cfg: LearnerConfig,
+    backward: Backward,
+    norm: Normalisers,
+    temperature: float = 1.0,
+) -> dict[str, Tensor]:
+    """Forward and `backward` every micro-batch of one optimizer step; returns the step's loss and
+    token-weighted metric means (kept on the device: one host sync per step, not per batch)."""
+    sums: dict[str, Tensor] = {}
+    carried = torch.stack([mb.mask.sum() for mb in batches]).sum().clamp(min=1)  # no host sync
+    for i, mb in enumerate(batches):
+        logp, entropy = logprobs_of(model, mb, cfg, temperature)
+        old = torch.where(mb.has_old, mb.old_logp, logp.detach())  # on-policy: ratio 1
+        loss, stats = grpo_loss(
+            logp,
+            old,
+            mb.advantages,
+            mb.mask,
+            clip_eps=cfg.clip_eps,
+            clip_eps_high=cfg.clip_eps_high,
+            loss_agg=cfg.loss_agg,
+            kl_coef=cfg.kl_coef,
+            ref_logp=mb.ref_logp,
+            kl_estimator=cfg.kl_estimator,
+            kl_bias_correction=cfg.kl_bias_correction,
+            importance_level=cfg.importance_sampling,
+            max_len=norm.max_len,
+            total_tokens=norm.tokens,
+            total_seqs=norm.seqs,
+        )
+        backward(loss, i == len(batches) - 1)
+        weight = mb.mask.sum() / carried  # token-weighted metric means over the trained tokens
+        stats["entropy"] = masked_mean(entropy, mb.mask)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + weight * v
+        sums["loss"] = sums.get("loss", 0.0) + loss.detach()
+    return sums
+
+
+def step_metrics(
+    steps: list[dict[str, float]], samples: Sequence[TrainSample], ppo_epochs: int, t0: float
+) -> dict[str, float]:
+    """Metrics averaged over a train_step's optimizer steps, plus token counts and throughput."""
+    metrics = {k: sum(s[k] for s in steps) / len(steps) for k in steps[0]}
+    elapsed = time.perf_counter() - t0
+    real = [s for s in samples if not s.pad]
+    tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in real)
+    metrics.update(
+        tokens=float(sum(len(s.completion_ids) for s in real)),
+        step_time_s=elapsed,
+        tokens_per_s=tokens * ppo_epochs / elapsed,
+    )
+    return metrics
+
+
+@torch.no_grad()
+def sample_logprobs(
+    model: nn.Module,
+    samples: Sequence[TrainSample],
+    cfg: LearnerConfig,
+    pad_token_id: int,
+    temperature: float = 1.0,
+) -> list[list[float]]:
+    """Each sample's completion-token logprobs under the current policy at the sampling
+    temperature, as the loss sees them (what an engine's returned logprobs must equal
+    on-policy)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[list[float]] = []
+    for s in samples:
+        mb = _to_device(build_micro_batch([s], pad_token_id), device)
+        logp, _ = logprobs_of(model, mb, cfg, temperature)
+        out.append(logp[0][mb.mask[0]].tolist())
+    model.train(was_training)
+    return out
+
+
+def frozen_reference(
+    model: nn.Module, ref_model: nn.Module | None, cfg: LearnerConfig
+) -> nn.Module | None:
+    """The KL reference: the given one, else a copy of `model` when `cfg.kl_coef > 0`; frozen."""
+    if ref_model is None and cfg.kl_coef > 0:
+        ref_model = copy.deepcopy(model)
+    if ref_model is not None:
+        ref_model.requires_grad_(False).eval()
+    return ref_model
