@@ -1,7 +1,8 @@
 """A deterministic rubric judge for short creative lines: validity per line, diversity per group.
 
 validity = mean of (keyword used, length in range, words in the lexicon, ends with '.',
-no word repeated back to back); diversity = 1 / (copies of this line within its prompt group).
+no word repeated back to back); diversity = 1 / (copies of this line within its GRPO group: the
+`group_id` column, else the prompt).
 score = validity * ((1 - w) + w * diversity), w = `diversity_weight`: diversity pays only for
 valid lines, so varied garbage earns nothing extra.
 """
@@ -55,11 +56,12 @@ class CreativeRubricJudge:
         self, prompts: Sequence[str], completions: Sequence[str], **columns: Sequence[Any]
     ) -> list[Verdict]:
         keywords = columns.get("keyword") or [""] * len(completions)
-        copies = Counter((p, c.strip()) for p, c in zip(prompts, completions))
+        groups = columns.get("group_id") or prompts  # one draw of a prompt = one group
+        copies = Counter((g, c.strip()) for g, c in zip(groups, completions))
         verdicts = []
-        for prompt, completion, keyword in zip(prompts, completions, keywords):
+        for group, completion, keyword in zip(groups, completions, keywords):
             valid, failed = self.validity(completion, str(keyword))
-            diversity = 1.0 / copies[(prompt, completion.strip())]
+            diversity = 1.0 / copies[(group, completion.strip())]
             w = self.diversity_weight
             score = valid * ((1 - w) + w * diversity)
             why = (

@@ -4,8 +4,8 @@ total = sum_i(w_i * r_i) / sum_i(w_i), each r_i in [0, 1]. A component with `gat
 evaluated only where `other` scored >= `gate_threshold` (so a judge is not paid for a sample
 that failed its format check); elsewhere it takes `gate_fail`, or, when `gate_fail` is None,
 the sample's total is 0. A judge verdict marked `dropped` (`fallback: drop`) carries no signal:
-it is replaced by the mean of the judge's other verdicts in the same prompt group, so it moves
-no advantage, and the sample is flagged in `ScoredBatch.dropped`.
+it is replaced by the mean of the judge's other verdicts in the same GRPO group (`group_ids`), so
+it moves no advantage, and the sample is flagged in `ScoredBatch.dropped`.
 """
 
 from __future__ import annotations
@@ -85,9 +85,17 @@ class RewardScorer:
                 self._fns[comp.key] = judges.get(comp.judge)(**comp.options)  # type: ignore[arg-type]
 
     def score(
-        self, prompts: Sequence[str], completions: Sequence[str], columns: dict[str, list[Any]]
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        columns: dict[str, list[Any]],
+        group_ids: Sequence[str] | None = None,
     ) -> ScoredBatch:
+        """Score every completion; `group_ids` (one per completion, default: its prompt) say
+        which completions form a GRPO group: judges get them as the `group_id` column, and a
+        dropped verdict takes its group's mean."""
         n = len(completions)
+        groups = list(group_ids) if group_ids is not None else list(prompts)
         parts: dict[str, _Part] = {}
         counters: dict[str, int] = {}
         dropped = [False] * n
@@ -95,7 +103,9 @@ class RewardScorer:
         for comp in self.order:
             open_ = self._gate(comp, parts, n)
             idx = [i for i in range(n) if open_[i]]
-            values, why, lost, counts = self._evaluate(comp, idx, prompts, completions, columns)
+            values, why, lost, counts = self._evaluate(
+                comp, idx, prompts, completions, columns, groups
+            )
             counters.update({f"{comp.key}/{k}": v for k, v in counts.items()})
             if comp.gate is not None:
                 counters[f"{comp.key}/gated"] = n - len(idx)
@@ -130,6 +140,7 @@ class RewardScorer:
         prompts: Sequence[str],
         completions: Sequence[str],
         columns: dict[str, list[Any]],
+        groups: Sequence[str],
     ) -> tuple[list[float], list[str | None], list[bool], dict[str, int]]:
         """(values, reasons, dropped, counters) of one component on the samples `idx`."""
         fn = self._fns[comp.key]
@@ -141,10 +152,11 @@ class RewardScorer:
         if not idx:
             counts = fn.take_counters() if hasattr(fn, "take_counters") else {}
             return [], [], [], counts
-        verdicts = fn.judge(sub_prompts, sub_completions, **sub_columns)
+        sub_groups = [groups[i] for i in idx]
+        verdicts = fn.judge(sub_prompts, sub_completions, **sub_columns, group_id=sub_groups)
         values = [min(1.0, max(0.0, float(v.score))) for v in verdicts]
         lost = [bool(getattr(v, "dropped", False)) for v in verdicts]
-        values = impute_group_mean(values, lost, sub_prompts)
+        values = impute_group_mean(values, lost, sub_groups)
         why = [v.rationale if v.score < 1 else None for v in verdicts]
         counts = fn.take_counters() if hasattr(fn, "take_counters") else {}
         return values, why, lost, counts
@@ -189,8 +201,8 @@ class RewardScorer:
 
 
 def impute_group_mean(values: list[float], lost: list[bool], groups: Sequence[str]) -> list[float]:
-    """Replace each lost value by the mean of the kept values of its group (same prompt), so it
-    adds nothing to a group-relative advantage; a group with no kept value keeps the values."""
+    """Replace each lost value by the mean of the kept values of its group (same group id), so
+    it adds nothing to a group-relative advantage; a group with no kept value keeps the values."""
     kept: dict[str, list[float]] = defaultdict(list)
     for value, gone, group in zip(values, lost, groups):
         if not gone:

@@ -92,6 +92,17 @@ def test_dropped_verdicts_take_their_group_mean_and_are_flagged():
     assert out.counters["j/fallbacks"] == 1
 
 
+def test_dropped_verdicts_are_imputed_within_their_draw_not_their_prompt():
+    """The same prompt drawn twice in a step is two GRPO groups: a lost verdict takes the mean
+    of its own group's kept verdicts (group ids), not of every completion of that prompt."""
+    comp = RewardComponent(judge="test_table", options={"table": TABLE, "lost": ["b"]}, name="j")
+    out = RewardScorer([comp]).score(
+        ["p"] * 4, ["a", "b", "<answer>b</answer>", "b"], {}, group_ids=["g1", "g1", "g2", "g2"]
+    )
+    assert out.components["j"] == pytest.approx([0.9, 0.9, 0.2, 0.2])
+    assert out.dropped == [False, True, False, True]
+
+
 def test_impute_group_mean_by_hand():
     got = impute_group_mean([1.0, 0.0, 0.5, 0.3], [False, True, False, True], ["a", "a", "a", "b"])
     assert got == [1.0, 0.75, 0.5, 0.3]
@@ -120,3 +131,13 @@ def test_bad_component_specs_are_named():
         judge_component(gate="test_table")
     with pytest.raises(pydantic.ValidationError, match="gate_threshold"):
         judge_component(gate="format", gate_threshold=1.5)
+
+
+def test_rubric_diversity_counts_copies_within_a_draw():
+    line = "the sea sings softly home."
+    rubric = judges.CreativeRubricJudge()
+    one_group = rubric.judge(["p", "p"], [line, line], keyword=["sea", "sea"])
+    two_draws = rubric.judge(["p", "p"], [line, line], keyword=["sea"] * 2, group_id=["a", "b"])
+    assert "diversity 0.50" in one_group[0].rationale
+    assert "diversity 1.00" in two_draws[0].rationale
+    assert two_draws[0].score > one_group[0].score

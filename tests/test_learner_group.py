@@ -218,7 +218,7 @@ def test_two_deepspeed_ranks_train_in_a_ray_run(tmp_path):
 
         ranks = ray.get([w.__ray_call__.remote(weights) for w in ctrl.learner.workers])
         engine = ray.get(
-            ctrl.rollout[0].__ray_call__.remote(
+            ctrl.rollout.workers[0].__ray_call__.remote(
                 lambda actor: {k: v.clone() for k, v in actor.engine.model.state_dict().items()}
             )
         )

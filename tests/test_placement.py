@@ -242,7 +242,7 @@ def test_actors_ask_ray_for_the_gpus_the_recipe_gives_them(tmp_path):
         backend = RayBackend(RayConfig())
         one, none = backend.spawn(_Probe, num_gpus=1), backend.spawn(_Probe, num_cpus=0)
         (ids_one, env_one), (ids_none, env_none) = backend.gather(
-            [backend.call(one, "gpus"), backend.call(none, "gpus")]
+            [backend.call(one, _Probe.gpus), backend.call(none, _Probe.gpus)]
         )
         assert len(ids_one) == 1 and env_one == str(ids_one[0])
         assert ids_none == [] and not env_none
@@ -251,7 +251,7 @@ def test_actors_ask_ray_for_the_gpus_the_recipe_gives_them(tmp_path):
         # the placement group: all bundles held at once, actors placed in their bundle
         backend.reserve([{"CPU": 1.0}, {"CPU": 0.5, "GPU": 1.0}], "PACK")
         inside = backend.spawn(_Probe, num_cpus=0.5, num_gpus=1, bundle=1)
-        assert backend.gather([backend.call(inside, "group")])[0] == backend.pg.id.hex()
+        assert backend.gather([backend.call(inside, _Probe.group)])[0] == backend.pg.id.hex()
         assert ray.available_resources().get("CPU", 0) <= 0.5 + 1e-6  # 1.5 of 2 held
         with pytest.raises(OmniError, match=r"reserve 2 bundles .*1 of 2 bundles fit on no"):
             backend.reserve([{"CPU": 2.0}, {"CPU": 1.0}], "PACK", timeout_s=1.0)

@@ -189,20 +189,21 @@ def test_a_ray_run_syncs_rollout_weights_by_broadcast_and_falls_back_after_a_res
         ctrl.run(backend)
         rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
         assert sum(r["samples_trained"] for r in rows if r["kind"] == "train") > 0
-        assert ctrl.weight_meta is not None and ctrl.restarts["rollout"] == 0  # still broadcast
+        pool = ctrl.rollout
+        assert pool.weight_meta is not None and ctrl.restarts["rollout"] == 0  # still broadcast
         learner = ray.get(ctrl.learner.workers[0].__ray_call__.remote(learner_model))
-        engine = ray.get(ctrl.rollout[0].__ray_call__.remote(engine_model))
+        engine = ray.get(pool.workers[0].__ray_call__.remote(engine_model))
 
         # a restarted engine gets the state dict, and the pool leaves the broken group
-        ray.kill(ctrl.rollout[0], no_restart=True)
+        ray.kill(pool.workers[0], no_restart=True)
         deadline = time.monotonic() + 30
-        while ctrl.backend.alive(ctrl.rollout[0]):  # the kill lands asynchronously
+        while backend.alive(pool.workers[0]):  # the kill lands asynchronously
             assert time.monotonic() < deadline, "the killed rollout actor is still alive"
             time.sleep(0.1)
-        ctrl._replace_dead("rollout", ctrl.rollout)
-        assert ctrl.weight_meta is None and ctrl.restarts["rollout"] == 1
-        ctrl.sync_weights()
-        restarted = ray.get(ctrl.rollout[0].__ray_call__.remote(engine_model))
+        pool.replace_dead()
+        assert pool.weight_meta is None and ctrl.restarts["rollout"] == 1
+        pool.sync_weights()
+        restarted = ray.get(pool.workers[0].__ray_call__.remote(engine_model))
     finally:
         backend.shutdown()  # ends the run's placement group and actors
         ray.shutdown()

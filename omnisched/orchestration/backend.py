@@ -1,6 +1,8 @@
 """Where workers live: Ray actors (local Ray or a cluster) or plain objects in the driver.
 
 The controller only uses `reserve`, `spawn`, `call` and `gather`, so the same loop runs on either.
+`call` takes the worker class's method itself (`backend.call(w, RolloutWorker.generate, ...)`),
+never its name as a string: a reader or an IDE follows it to the code it runs.
 Under Ray, `reserve` creates one placement group from the recipe's plan (all of its bundles or
 none: a learner world never starts half of its ranks) and `spawn(..., bundle=i)` puts an actor in
 bundle i; a replacement for a dead actor goes back into the bundle its predecessor released.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from omnisched.config.schema import RayConfig
@@ -37,8 +40,8 @@ class Backend(Protocol):
         **kwargs: Any,
     ) -> Any: ...
 
-    def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Start `worker.method(*args)`; returns a future for `gather`."""
+    def call(self, worker: Any, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Start `method` (a method of the worker's class) on `worker`; a future for `gather`."""
         ...
 
     def gather(self, futures: list[Any]) -> list[Any]: ...
@@ -84,8 +87,8 @@ class InlineBackend:
     ) -> Any:
         return cls(*args, **kwargs)
 
-    def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(worker, method)(*args, **kwargs)
+    def call(self, worker: Any, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return getattr(worker, method_name(method))(*args, **kwargs)
 
     def gather(self, futures: list[Any]) -> list[Any]:
         return futures
@@ -182,8 +185,8 @@ class RayBackend:
                 self.ray.util.remove_placement_group(self.pg)
             self.pg = None
 
-    def call(self, worker: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(worker, method).remote(*args, **kwargs)
+    def call(self, worker: Any, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return getattr(worker, method_name(method)).remote(*args, **kwargs)
 
     def gather(self, futures: list[Any]) -> list[Any]:
         return self.ray.get(futures)
@@ -223,3 +226,16 @@ class RayBackend:
 
 def make_backend(cfg: RayConfig) -> Backend:
     return RayBackend(cfg) if cfg.enabled else InlineBackend()
+
+
+def method_name(method: Callable[..., Any]) -> str:
+    """The attribute a worker method is called by (`RolloutWorker.generate` -> "generate")."""
+    name = getattr(method, "__name__", None)
+    if isinstance(method, str) or not callable(method) or not name:
+        raise TypeError(f"backend.call takes a worker class's method, not {method!r}")
+    return name
+
+
+def ask(backend: Backend, worker: Any, method: Callable[..., Any], *args: Any) -> Any:
+    """`method` on `worker`, waited for: its result."""
+    return backend.gather([backend.call(worker, method, *args)])[0]

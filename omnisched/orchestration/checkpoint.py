@@ -10,13 +10,16 @@ the previous checkpoint or the new one, never a half-written one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 CONTROLLER_FILE = "controller.json"
 POINTER = "latest"
 
@@ -85,3 +88,37 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: the checkpoint's weights and the controller's position."""
+
+    path: Path
+    step: int
+    phase: int
+    step_in_phase: int
+    rng: list[Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resume_point(run_dir: Path, completed_evals: Callable[[], list[str]]) -> ResumePoint | None:
+    """The latest step checkpoint of `run_dir`, with metrics.jsonl cut back to it (keeping the
+    evaluations `completed_evals()` names: those the scheduler's saved state holds). Without a
+    checkpoint the run starts over in the same directory: its scheduler state and metrics go."""
+    root = run_dir / "checkpoints"
+    found = latest_checkpoint(root)
+    if found is None:
+        (run_dir / "scheduler_state.json").unlink(missing_ok=True)
+        truncate_metrics(run_dir / "metrics.jsonl", 0, [])
+        log.warning("resume: no checkpoint in %s; starting the run over", root)
+        return None
+    path, ctl = found
+    kept, dropped = truncate_metrics(run_dir / "metrics.jsonl", ctl["step"], completed_evals())
+    log.warning(
+        "resume: %s at step %d (phase %d, step %d of it); metrics kept %d, dropped %d",
+        path.name, ctl["step"], ctl["phase"], ctl["step_in_phase"], kept, dropped,
+    )  # fmt: skip
+    return ResumePoint(
+        path, ctl["step"], ctl["phase"], ctl["step_in_phase"], ctl["rng"], ctl.get("timings", {})
+    )

@@ -10,7 +10,7 @@ their gradients). Weights, saves and checkpoints are collective calls; rank 0's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,17 +145,20 @@ class LearnerGroup:
             )
             for r in range(pl.learner_workers)
         ]
-        addr, port = self._ask(self.workers[0], "rendezvous")
+        addr, port = self._ask(self.workers[0], LearnerWorker.rendezvous)
         self.backend.gather(
-            [self.backend.call(w, "join", rank, addr, port) for rank, w in enumerate(self.workers)]
+            [
+                self.backend.call(w, LearnerWorker.join, rank, addr, port)
+                for rank, w in enumerate(self.workers)
+            ]
         )
 
     def train_groups(self, groups: Sequence[ScoredGroup]) -> dict[str, float]:
         """One GRPO optimizer step on the groups' samples that carry signal; metrics as
         `merge_metrics` (`samples_trained` counts real samples, not pads)."""
         if len(self.workers) == 1:
-            return self._ask(self.workers[0], "train_groups", groups)
-        batch = self._ask(self.workers[0], "train_batch", groups)
+            return self._ask(self.workers[0], LearnerWorker.train_groups, groups)
+        batch = self._ask(self.workers[0], LearnerWorker.train_batch, groups)
         samples = batch.samples
         if not samples:
             return {"samples_trained": 0}
@@ -163,7 +166,7 @@ class LearnerGroup:
         counts = (batch.num_seqs, batch.num_tokens)  # the whole batch's, on every rank
         per_rank = self.backend.gather(
             [
-                self.backend.call(w, "train_step", share, *counts)
+                self.backend.call(w, LearnerWorker.train_step, share, *counts)
                 for w, share in zip(self.workers, shares)
             ]
         )
@@ -173,50 +176,50 @@ class LearnerGroup:
         """A future of the full policy weights (rank 0's, cast to `dtype` if given), for
         `backend.gather` or to hand to other workers unopened; the other ranks' part of the call
         is awaited by the next call."""
-        return self._from_rank0("state_dict", dtype)
+        return self._from_rank0(LearnerWorker.state_dict, dtype)
 
     def weight_group_address(self) -> tuple[str, int]:
         """Rank 0's node IP and a free port there, to host the rollout weight group's store."""
-        return self._ask(self.workers[0], "rendezvous")
+        return self._ask(self.workers[0], LearnerWorker.rendezvous)
 
     def join_weight_group(self, host: str, port: int, world_size: int) -> Any:
         """Rank 0 joins the rollout engines' broadcast group as its sender (only rank 0 joins):
         a future of the weights metadata; the engines must join concurrently."""
-        return self._from_rank0("join_weight_group", host, port, world_size)
+        return self._from_rank0(LearnerWorker.join_weight_group, host, port, world_size)
 
     def broadcast_weights(self) -> Any:
         """Rank 0 broadcasts the policy weights to the group's engines: a future of the metadata;
         the engines must receive concurrently."""
-        return self._from_rank0("broadcast_weights")
+        return self._from_rank0(LearnerWorker.broadcast_weights)
 
     def save(self, path: str) -> str:
         """The policy as an HF folder at `path` (rank 0 writes it)."""
-        return self._on_all("save", path)
+        return self._on_all(LearnerWorker.save, path)
 
     def save_checkpoint(self, path: str) -> str:
         """Weights plus each rank's optimizer and RNG state (`trainer_state_file`)."""
-        return self._on_all("save_checkpoint", path)
+        return self._on_all(LearnerWorker.save_checkpoint, path)
 
     def load_trainer_state(self, path: str) -> bool:
         """Restore each rank's optimizer and RNG state from a checkpoint of the same world size."""
         check_resume_world_size(path, len(self.workers))
-        return self._on_all("load_trainer_state", path)
+        return self._on_all(LearnerWorker.load_trainer_state, path)
 
-    def _on_all(self, method: str, *args: Any) -> Any:
+    def _on_all(self, method: Callable[..., Any], *args: Any) -> Any:
         """Call `method` on every rank at once (collectives need all of them); rank 0's result."""
         self._settle()
         return self.backend.gather([self.backend.call(w, method, *args) for w in self.workers])[0]
 
-    def _from_rank0(self, method: str, *args: Any) -> Any:
+    def _from_rank0(self, method: Callable[..., Any], *args: Any) -> Any:
         """A future of rank 0's `method`, which reads the full weights: the other ranks call
         `state_dict` meanwhile (under ZeRO-3 they hold shards of every parameter), and that part
         is awaited by the next call."""
         futures = [self.backend.call(self.workers[0], method, *args)]
-        futures += [self.backend.call(w, "state_dict") for w in self.workers[1:]]
+        futures += [self.backend.call(w, LearnerWorker.state_dict) for w in self.workers[1:]]
         self._pending.extend(futures[1:])
         return futures[0]
 
-    def _ask(self, worker: Any, method: str, *args: Any) -> Any:
+    def _ask(self, worker: Any, method: Callable[..., Any], *args: Any) -> Any:
         self._settle()
         return self.backend.gather([self.backend.call(worker, method, *args)])[0]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from omnisched.config.schema import RewardComponent
+from omnisched.orchestration.backend import Backend, ask
 from omnisched.schedule.policies import POLICIES, Decision
 from omnisched.schedule.state import Evaluation, PhaseRecord, SchedulerState
 from omnisched.scoring import RewardScorer, ScoredBatch
@@ -22,9 +23,14 @@ class RewardWorker:
         self.scorers = {d: RewardScorer(c, max_workers, timeout) for d, c in specs.items()}
 
     def score(
-        self, domain: str, prompts: Sequence[str], completions: Sequence[str], columns: dict
+        self,
+        domain: str,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        columns: dict,
+        group_ids: Sequence[str] | None = None,
     ) -> ScoredBatch:
-        return self.scorers[domain].score(prompts, completions, columns)
+        return self.scorers[domain].score(prompts, completions, columns, group_ids)
 
 
 class SchedulerService:
@@ -103,3 +109,29 @@ class SchedulerService:
 
     def get_state(self) -> dict:
         return self.state.to_dict()
+
+
+class SchedulerHandle:
+    """The controller's typed view of the `SchedulerService` worker (a Ray actor or inline)."""
+
+    def __init__(self, backend: Backend, worker: Any) -> None:
+        self.backend = backend
+        self.worker = worker
+
+    def state(self) -> SchedulerState:
+        return SchedulerState.from_dict(ask(self.backend, self.worker, SchedulerService.get_state))
+
+    def record_baseline(self, evaluation: Evaluation) -> None:
+        ask(self.backend, self.worker, SchedulerService.record_baseline, evaluation)
+
+    def planned_phases(self) -> int:
+        return ask(self.backend, self.worker, SchedulerService.planned_phases)
+
+    def next_phase(self) -> Decision:
+        return ask(self.backend, self.worker, SchedulerService.next_phase)
+
+    def observe_step(self, step: int, stats: dict[str, Any]) -> dict[str, float] | None:
+        return ask(self.backend, self.worker, SchedulerService.observe_step, step, stats)
+
+    def finish_phase(self, steps: int, evaluation: Evaluation) -> None:
+        ask(self.backend, self.worker, SchedulerService.finish_phase, steps, evaluation)

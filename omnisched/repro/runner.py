@@ -103,35 +103,27 @@ def train(recipe: Recipe, run_dir: Path, say: Say) -> SchedulerState:
 
 
 def evaluate_model(recipe: Recipe, model_dir: Path, out_dir: Path, label: str) -> Evaluation:
-    """Evaluate an HF model folder on every domain's held-out set exactly as a run does: a
-    Controller with `model.path=model_dir` set up on the recipe's backend, then its `evaluate`.
-    Same seed => same eval sets and sampling seed as the trained arms."""
-    from omnisched.orchestration.backend import make_backend
-    from omnisched.orchestration.controller import Controller
+    """Evaluate an HF model folder on every domain's held-out set exactly as a run does (same
+    seed => same eval sets and sampling seed as the trained arms); no learner is started."""
+    from omnisched.orchestration.evaluator import evaluate_folder
 
     data = recipe.model_dump(mode="json")
     data["model"]["path"] = str(model_dir)
-    cfg = validate_recipe(data, source=f"evaluate {model_dir}")
-    ctl = Controller(cfg, out_dir)
-    backend = make_backend(cfg.ray)
-    try:
-        ctl.setup(backend)  # also spawns a learner the evaluation does not use
-        evaluation = ctl.evaluate(label)
-        ctl.metrics.close()
-    finally:
-        backend.shutdown()
-    return evaluation
+    return evaluate_folder(
+        validate_recipe(data, source=f"evaluate {model_dir}"), model_dir, out_dir, label
+    )
 
 
 def base_model_folder(recipe: Recipe, scratch: Path) -> Path:
     """The warm-started model folder of this seed. Called after a run of the same seed, so the
     SFT cache hits and no training happens (on a miss SFT would run inline, in this process)."""
+    from omnisched.domains import build_domain
+    from omnisched.orchestration import sft
     from omnisched.orchestration.backend import InlineBackend
-    from omnisched.orchestration.controller import Controller
 
-    ctl = Controller(recipe, scratch)
-    ctl.backend = InlineBackend()
-    return Path(ctl.warm_start())
+    domains = {d.name: build_domain(d, recipe.run.seed) for d in recipe.domains}
+    scratch.mkdir(parents=True, exist_ok=True)
+    return Path(sft.warm_start(recipe, domains, InlineBackend(), scratch))
 
 
 def write_merge(
