@@ -125,7 +125,9 @@ def _advance(svc, k: int) -> None:
     svc.finish_phase(steps, _world_eval(k + 1))
 
 
-@pytest.mark.parametrize(("policy", "probe_steps"), [("bwt", 0), ("bwt", 3), ("bandit", 0)])
+@pytest.mark.parametrize(
+    ("policy", "probe_steps"), [("bwt", 0), ("bwt", 3), ("bandit", 0), ("tac", 0)]
+)
 @pytest.mark.parametrize("k", [0, 2, 4])
 def test_resume_after_phase_k_gives_the_uninterrupted_decision(tmp_path, policy, probe_steps, k):
     a = _service(tmp_path / "a.json", policy, probe_steps)
@@ -137,8 +139,8 @@ def test_resume_after_phase_k_gives_the_uninterrupted_decision(tmp_path, policy,
     expected, got = a.next_phase(), b.next_phase()
     assert got == expected
     assert a.get_state() == b.get_state()
-    if policy == "bandit":
-        assert got.mixture is not None and b.state.bandit is not None
+    if policy in ("bandit", "tac"):
+        assert got.mixture is not None and policy in b.state.policy_state
         assert a.observe_step(10_000, _step_stats(3)) == b.observe_step(10_000, _step_stats(3))
 
 
@@ -158,21 +160,20 @@ def test_bandit_resume_mid_phase_continues_the_mixture_and_ignores_replays(tmp_p
     assert a.observe_step(6, _step_stats(6)) == b.observe_step(6, _step_stats(6))
 
 
-def test_state_file_persists_transfer_entropy_and_bandit(tmp_path):
+def test_state_file_persists_transfer_entropy_and_the_policy_state(tmp_path):
     svc = _service(tmp_path / "s.json", "bandit")
     svc.record_baseline(_world_eval(0))
     _advance(svc, 0)
     raw = json.loads((tmp_path / "s.json").read_text())
-    assert raw["bandit"]["last_step"] == 9 and set(raw["bandit"]["weights"]) == {
-        "math",
-        "code",
-        "qa",
-    }
+    memory = raw["policy_state"]["bandit"]
+    assert memory["last_step"] == 9 and set(memory["weights"]) == {"math", "code", "qa"}
     assert raw["phases"][0]["exposure"]["math"] > 0
     assert set(raw["entropy_trend"]) == {"math", "code", "qa"}
     assert raw["D"] == {}  # only mixed phases so far: no single-domain row
-    old = {k: v for k, v in raw.items() if k not in {"bandit", "choices"}}  # a pre-bandit file
+    old = {k: v for k, v in raw.items() if k not in {"policy_state", "choices"}}  # older files
     for p in old["phases"]:
-        for key in ("probe", "planned_order", "mixture", "exposure"):
+        for key in ("probe", "planned_order", "mixture", "exposure", "predicted_sd"):
             p.pop(key)
-    assert SchedulerState.from_dict(old).bandit is None
+    assert SchedulerState.from_dict(old).policy_state == {}
+    old["bandit"] = memory  # written before policy_state existed: still resumed
+    assert SchedulerState.from_dict(old).policy_state == {"bandit": memory}

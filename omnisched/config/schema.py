@@ -201,6 +201,11 @@ class LearnerConfig(Strict):
     ppo_epochs: int = Field(1, ge=1)
     micro_batch_size: int = Field(64, ge=1)
     bf16: bool = True
+    grad_alignment: bool = Field(
+        False,
+        description="measure the cosine between domains' policy gradients each step (on the "
+        "last decoder layer and final norm; the `tac` policy turns it on)",
+    )
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 
@@ -291,6 +296,27 @@ class Recipe(Strict):
                 f"placement.learner_workers={workers} needs learner.backend: deepspeed (data-"
                 f"parallel ZeRO ranks), got learner.backend: {backend}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _policy_needs(self) -> Recipe:
+        s = self.schedule
+        if s.policy == "tac" and not self.learner.grad_alignment:
+            self.learner.grad_alignment = True  # what the policy reads
+        if self.learner.grad_alignment and self.learner.backend != "torch":
+            raise ValueError(
+                "learner.grad_alignment (on for schedule.policy: tac) needs learner.backend: "
+                f"torch, got {self.learner.backend}"
+            )
+        if s.probe_steps and s.policy == "bwt":
+            budget = (s.phases or len(self.domains)) * s.steps_per_phase
+            probes = s.probe_steps * len(self.domains)
+            if probes >= budget:
+                raise ValueError(
+                    f"schedule.probe_steps={s.probe_steps}: {len(self.domains)} probes take "
+                    f"{probes} of the run's {budget} steps (phases x steps_per_phase); "
+                    "probes are paid from that budget"
+                )
         return self
 
     @model_validator(mode="after")

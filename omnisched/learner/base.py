@@ -24,6 +24,7 @@ class TrainSample:
     advantage: float
     old_logprobs: list[float] | None = None
     pad: bool = False  # a filler row (equal micro-batch counts across ranks): carries no loss
+    domain: str | None = None  # where its prompt came from (per-domain gradient alignment)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ScoredGroup:
     rewards: list[float]
     group_id: str = ""
     logprobs: list[list[float]] | None = None  # the sampler's, per completion token (off-policy)
+    domain: str | None = None
 
 
 @dataclass

@@ -22,7 +22,13 @@ def train_batch(groups: Sequence[ScoredGroup], cfg: LearnerConfig) -> TrainBatch
     rewards = torch.tensor([g.rewards for g in groups])
     adv = group_advantages(rewards, scale=cfg.scale_advantages, eps=cfg.adv_eps)
     samples = [
-        TrainSample(g.prompt_ids, ids, float(adv[i, j]), g.logprobs[j] if g.logprobs else None)
+        TrainSample(
+            g.prompt_ids,
+            ids,
+            float(adv[i, j]),
+            g.logprobs[j] if g.logprobs else None,
+            domain=g.domain,
+        )
         for i, g in enumerate(groups)
         for j, ids in enumerate(g.completion_ids)
         if cfg.kl_coef > 0 or float(adv[i, j]) != 0.0

@@ -11,6 +11,7 @@ pass and the optimizer step differ between backends.
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class MicroBatch:
     old_logp: Tensor  # [b, W] sampler logprobs (0 where absent)
     has_old: Tensor  # [b, 1] True where the sample carried old_logprobs
     ref_logp: Tensor | None = None  # [b, W] frozen reference logprobs, filled before the epochs
+    domains: tuple[str | None, ...] = ()  # each row's domain (gradient alignment)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,15 @@ def build_micro_batch(samples: Sequence[TrainSample], pad_token_id: int) -> Micr
             has_old[i] = True
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
     return MicroBatch(
-        input_ids, attention_mask, positions, labels, mask, advantages, old_logp, has_old
+        input_ids,
+        attention_mask,
+        positions,
+        labels,
+        mask,
+        advantages,
+        old_logp,
+        has_old,
+        domains=tuple(s.domain for s in samples),
     )
 
 
@@ -122,7 +132,7 @@ def micro_batches(
 
 
 def _to_device(mb: MicroBatch, device: torch.device) -> MicroBatch:
-    moved = {k: v.to(device) for k, v in vars(mb).items() if isinstance(v, Tensor)}
+    moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in vars(mb).items()}
     return MicroBatch(**moved)
 
 
@@ -170,6 +180,81 @@ def fill_fixed_logprobs(
 Backward = Callable[[Tensor, bool], None]  # (micro-batch loss, is the step's last micro-batch)
 
 
+def micro_loss(
+    logp: Tensor,
+    mb: MicroBatch,
+    cfg: LearnerConfig,
+    norm: Normalisers,
+    rows: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The GRPO loss of a micro-batch (or of its `rows`), normalised by the whole step's counts:
+    micro-batch losses, and the row subsets of one micro-batch, add up to the step's loss."""
+    old = torch.where(mb.has_old, mb.old_logp, logp.detach())  # on-policy: ratio 1
+    ref = mb.ref_logp
+    adv, mask = mb.advantages, mb.mask
+    if rows is not None:
+        logp, old, adv, mask = logp[rows], old[rows], adv[rows], mask[rows]
+        ref = None if ref is None else ref[rows]
+    return grpo_loss(
+        logp,
+        old,
+        adv,
+        mask,
+        clip_eps=cfg.clip_eps,
+        clip_eps_high=cfg.clip_eps_high,
+        loss_agg=cfg.loss_agg,
+        kl_coef=cfg.kl_coef,
+        ref_logp=ref,
+        kl_estimator=cfg.kl_estimator,
+        kl_bias_correction=cfg.kl_bias_correction,
+        importance_level=cfg.importance_sampling,
+        max_len=norm.max_len,
+        total_tokens=norm.tokens,
+        total_seqs=norm.seqs,
+    )
+
+
+class GradAlignment:
+    """Each domain's gradient of a few parameters (`alignment_params`: the last decoder layer
+    and the final norm, so the extra backward passes stop there), summed over a step's
+    micro-batches; `cosines` compares every two domains' (TAC's gradient alignment)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = alignment_params(model)
+        self.grads: dict[str, Tensor] = {}
+
+    def add(self, logp: Tensor, mb: MicroBatch, cfg: LearnerConfig, norm: Normalisers) -> None:
+        names = sorted({d for d in mb.domains if d is not None})
+        for d in names:
+            rows = torch.tensor([i for i, x in enumerate(mb.domains) if x == d], device=logp.device)
+            loss, _ = micro_loss(logp, mb, cfg, norm, rows)
+            grads = torch.autograd.grad(loss, self.params, retain_graph=True, allow_unused=True)
+            flat = torch.cat([g.reshape(-1) for g in grads if g is not None]).float()
+            self.grads[d] = self.grads[d] + flat if d in self.grads else flat
+
+    def cosines(self) -> dict[str, Tensor]:
+        names = sorted(self.grads)
+        out = {}
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                ga, gb = self.grads[a], self.grads[b]
+                out[f"grad_cos/{a}/{b}"] = (ga @ gb) / (ga.norm() * gb.norm()).clamp(min=1e-12)
+        return out
+
+
+def alignment_params(model: nn.Module) -> list[nn.Parameter]:
+    """The last decoder layer's parameters and the final norm's (HF `layers.<i>.` names)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    layer = [int(m.group(1)) for n, _ in named if (m := re.search(r"layers\.(\d+)\.", n))]
+    if not layer:
+        raise ValueError("gradient alignment: the model has no `layers.<i>.` parameters")
+    last = f"layers.{max(layer)}."
+    chosen = [
+        p for n, p in named if last in n or (n.endswith("norm.weight") and "layers." not in n)
+    ]
+    return chosen
+
+
 def accumulate_gradients(
     model: nn.Module,
     batches: list[MicroBatch],
@@ -177,37 +262,26 @@ def accumulate_gradients(
     backward: Backward,
     norm: Normalisers,
     temperature: float = 1.0,
+    alignment: GradAlignment | None = None,
 ) -> dict[str, Tensor]:
     """Forward and `backward` every micro-batch of one optimizer step; returns the step's loss and
-    token-weighted metric means (kept on the device: one host sync per step, not per batch)."""
+    token-weighted metric means (kept on the device: one host sync per step, not per batch),
+    and with `alignment` the cosines between the domains' gradients."""
     sums: dict[str, Tensor] = {}
     carried = torch.stack([mb.mask.sum() for mb in batches]).sum().clamp(min=1)  # no host sync
     for i, mb in enumerate(batches):
         logp, entropy = logprobs_of(model, mb, cfg, temperature)
-        old = torch.where(mb.has_old, mb.old_logp, logp.detach())  # on-policy: ratio 1
-        loss, stats = grpo_loss(
-            logp,
-            old,
-            mb.advantages,
-            mb.mask,
-            clip_eps=cfg.clip_eps,
-            clip_eps_high=cfg.clip_eps_high,
-            loss_agg=cfg.loss_agg,
-            kl_coef=cfg.kl_coef,
-            ref_logp=mb.ref_logp,
-            kl_estimator=cfg.kl_estimator,
-            kl_bias_correction=cfg.kl_bias_correction,
-            importance_level=cfg.importance_sampling,
-            max_len=norm.max_len,
-            total_tokens=norm.tokens,
-            total_seqs=norm.seqs,
-        )
+        loss, stats = micro_loss(logp, mb, cfg, norm)
+        if alignment is not None:
+            alignment.add(logp, mb, cfg, norm)
         backward(loss, i == len(batches) - 1)
         weight = mb.mask.sum() / carried  # token-weighted metric means over the trained tokens
         stats["entropy"] = masked_mean(entropy, mb.mask)
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + weight * v
         sums["loss"] = sums.get("loss", 0.0) + loss.detach()
+    if alignment is not None:
+        sums.update(alignment.cosines())
     return sums
 
 

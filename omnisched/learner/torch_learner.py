@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from omnisched.config.schema import LearnerConfig
 from omnisched.learner.base import TrainSample
 from omnisched.learner.step import (
+    GradAlignment,
     MicroBatch,
     Normalisers,
     accumulate_gradients,
@@ -119,8 +120,15 @@ class TorchLearner:
     def _epoch(self, batches: list[MicroBatch], norm: Normalisers) -> dict[str, float]:
         """One optimizer step: accumulate micro-batch gradients, clip, AdamW."""
         self.optimizer.zero_grad(set_to_none=True)
+        alignment = GradAlignment(self.model) if self.cfg.grad_alignment else None
         sums = accumulate_gradients(
-            self.model, batches, self.cfg, lambda loss, _: loss.backward(), norm, self.temperature
+            self.model,
+            batches,
+            self.cfg,
+            lambda loss, _: loss.backward(),
+            norm,
+            self.temperature,
+            alignment,
         )
         sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()

@@ -39,4 +39,5 @@ class Group:
             list(self.rewards),
             self.group_id,
             [c.logprobs for c in self.completions] if sampler_logprobs else None,
+            self.domain,
         )

@@ -36,6 +36,14 @@ def mixture_counts(weights: dict[str, float], n: int) -> dict[str, int]:
     return counts
 
 
+def scaled_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
+    """(r - mean) / (unbiased std + eps), as `grpo.group_advantages` (torch-free here)."""
+    n = len(rewards)
+    mean = sum(rewards) / n
+    std = (sum((r - mean) ** 2 for r in rewards) / max(n - 1, 1)) ** 0.5
+    return [0.0 if std == 0 else (r - mean) / (std + eps) for r in rewards]
+
+
 @dataclass
 class RolloutBatch:
     """One step's groups (what trains) and what it took to get them."""
@@ -57,6 +65,8 @@ class RolloutBatch:
         for dom, groups in by_domain.items():
             values = [r for g in groups for r in g.rewards]
             out[f"reward/{dom}"] = sum(values) / len(values)
+            adv = [abs(a) for g in groups for a in scaled_advantages(g.rewards)]
+            out[f"adv_abs/{dom}"] = sum(adv) / len(adv)  # learnability (DUMP's signal)
             for comp in groups[0].components:
                 vals = [v for g in groups for v in g.components[comp]]
                 out[f"reward/{dom}/{comp}"] = sum(vals) / len(vals)

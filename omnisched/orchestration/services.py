@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from omnisched.config.schema import RewardComponent
+from omnisched.errors import PluginError
 from omnisched.orchestration.backend import Backend, ask
-from omnisched.schedule.policies import POLICIES, Decision
+from omnisched.schedule.policies import POLICIES, Decision, Policy
 from omnisched.schedule.state import Evaluation, PhaseRecord, SchedulerState
 from omnisched.scoring import RewardScorer, ScoredBatch
 
@@ -43,20 +44,28 @@ class SchedulerService:
     `finish_phase(steps_run, evaluation)`.
     """
 
-    def __init__(self, state: SchedulerState, cfg: Any, state_path: str) -> None:
+    def __init__(self, state: SchedulerState, cfg: Any, state_path: str | None) -> None:
         self.state = state
         self.policy = POLICIES.get(state.policy)(cfg)
-        self.path = Path(state_path)
-        self.state.save(self.path)
+        if not isinstance(self.policy, Policy):
+            raise PluginError(
+                f"scheduler policy '{state.policy}' ({type(self.policy).__name__}) must subclass "
+                "omnisched.schedule.Policy"
+            )
+        self.path = Path(state_path) if state_path else None  # None: in memory (simulations)
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is not None:
+            self.state.save(self.path)
 
     def planned_phases(self) -> int:
         """Phases the run will have: the recipe's count plus those the policy adds (probes)."""
-        extra = getattr(self.policy, "extra_phases", None)  # optional Policy hook
-        return self.state.total_phases + (extra(self.state) if extra else 0)
+        return self.state.total_phases + self.policy.extra_phases(self.state)
 
     def record_baseline(self, evaluation: Evaluation) -> None:
         self.state.baseline = evaluation
-        self.state.save(self.path)
+        self._save()
 
     def next_phase(self) -> Decision:
         open_phase = [p for p in self.state.phases if p.result is None]
@@ -70,6 +79,7 @@ class SchedulerService:
                 steps=p.steps or None,
                 probe=p.probe,
                 planned_order=p.planned_order,
+                predicted_sd=p.predicted_sd,
             )
         decision = self.policy.next_phase(self.state)
         self.state.phases.append(
@@ -82,21 +92,21 @@ class SchedulerService:
                 probe=decision.probe,
                 planned_order=decision.planned_order,
                 mixture=decision.mixture,
+                predicted_sd=decision.predicted_sd,
             )
         )
-        self.state.save(self.path)
+        self._save()
         return decision
 
     def observe_step(self, step: int, stats: dict[str, Any]) -> dict[str, float] | None:
         """Per-step statistics (`reward/<domain>`, `entropy`, `samples_trained`, ...) for online
         policies; returns the sampling mixture for the next step, None for phase policies."""
-        hook = getattr(self.policy, "observe_step", None)  # optional Policy hook
-        if hook is None:
-            return None
         numeric = {k: float(v) for k, v in stats.items() if isinstance(v, int | float)}
-        mixture = hook(self.state, step, numeric)
+        mixture = self.policy.observe_step(self.state, step, numeric)
+        if mixture is None:
+            return None
         self.state.phases[-1].mixture = mixture
-        self.state.save(self.path)
+        self._save()
         return mixture
 
     def finish_phase(self, steps: int, evaluation: Evaluation) -> None:
@@ -105,7 +115,7 @@ class SchedulerService:
         phase.result = evaluation
         if not phase.exposure:  # fixed phases: prompts split evenly over the trained domains
             phase.exposure = {d: steps / len(phase.trained) for d in phase.trained}
-        self.state.save(self.path)
+        self._save()
 
     def get_state(self) -> dict:
         return self.state.to_dict()

@@ -1,11 +1,18 @@
 """The scheduler: transfer measurements (BWT, FWT, D, forgetting, entropy), the order planner,
 the prediction check and the policies (`joint`, `sequential`, `bwt`, `bandit`)."""
 
-from omnisched.schedule.bandit import BanditPolicy
-from omnisched.schedule.planner import TransferModel, plan_blocks, plan_order, predict_final
+from omnisched.schedule.bandit import BanditPolicy, LearnabilityPolicy, TransferAwarePolicy
+from omnisched.schedule.planner import (
+    Estimate,
+    TransferModel,
+    plan_blocks,
+    plan_order,
+    predict_final,
+    predict_spread,
+)
 from omnisched.schedule.policies import POLICIES, Decision, Policy, estimate_transfer
 from omnisched.schedule.prediction import order_rank_correlation, prediction_error
-from omnisched.schedule.state import BanditState, Evaluation, PhaseRecord, SchedulerState
+from omnisched.schedule.state import Evaluation, PhaseRecord, SchedulerState
 from omnisched.schedule.transfer import (
     backward_transfer,
     bwt_curve,
@@ -21,12 +28,14 @@ from omnisched.schedule.transfer import (
 __all__ = [
     "POLICIES",
     "BanditPolicy",
-    "BanditState",
     "Decision",
+    "Estimate",
     "Evaluation",
+    "LearnabilityPolicy",
     "PhaseRecord",
     "Policy",
     "SchedulerState",
+    "TransferAwarePolicy",
     "TransferModel",
     "backward_transfer",
     "bwt_curve",
@@ -39,6 +48,7 @@ __all__ = [
     "plan_blocks",
     "plan_order",
     "predict_final",
+    "predict_spread",
     "prediction_error",
     "sample_forgetting",
     "transfer_matrix",

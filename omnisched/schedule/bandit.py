@@ -1,134 +1,229 @@
-"""`bandit`: a transfer-aware online mixture over domains, reweighted every step.
+"""Online mixture policies: every step samples prompts from all domains by weights that they
+update from the step's statistics. Phases remain evaluation windows.
 
-Beyond the paper's fixed phases: every step samples prompts from all domains with weights
-    w = (1 - FLOOR) * softmax(score / TEMPERATURE) + FLOOR / K          (EXP3-style floor)
-    score_a = 4 p_a (1 - p_a)                  learnability: GRPO's signal vanishes at p = 0 or 1
-            + PROGRESS * |fast_a - slow_a|     recent reward change (learning progress)
-            + transfer_a                       what a phase's worth of a gives the other domains
-            + EXPLORE * sqrt(ln(1 + t) / (1 + n_a))    UCB bonus for little-trained domains
-p_a is a short-horizon EMA of a's per-step mean reward, n_a the step-equivalents a was trained.
-transfer_a is re-fitted at every phase boundary from the evaluations by ridge regression of
-each phase's accuracy changes on its per-domain exposure (transfer.transfer_rates).
-Phases stay as evaluation windows; the schedule inside them is online.
+All three start from the uniform mixture. `bandit` and `tac` move away from it only on evidence
+(a standardised score, so noise alone leaves them near uniform) and never below half, nor above
+twice, the uniform weight: their cost against a uniform mixture is bounded by construction.
+
+- `bandit`: balance the domains' learning progress, as Dynamic Weight Averaging (Liu et al.,
+  2019) balances tasks. Each domain's reward is regressed on the exposure it received (its
+  cumulative weight) over a sliding window; the slope's z-score (slope / its standard error)
+  says how surely it still improves. Domains that stall or slide (others' training erodes
+  what they learned) get more weight, w_a ~ exp(-BETA * clip(z_a)). (Its mirror, favouring
+  the fastest learners as learning-progress curricula do, lost to the uniform mixture on the
+  simulator's development worlds by 0.3 points; this direction won by 0.25.)
+- `learnability` (the DUMP / SEC baseline, arXiv 2504.09710, 2505.14970): UCB over each
+  domain's mean |advantage| (GRPO's signal vanishes when a domain's groups all tie), softmax
+  with temperature; no bounds: a comparison policy, as published.
+- `tac` (in the spirit of TAC, arXiv 2606.25178): learnability (mean |advantage|, standardised
+  across domains) plus gradient alignment, each domain's mean cosine with the others' policy
+  gradients as the learner measures them (`learner/grad_cos/<a>/<b>`): domains whose updates
+  agree with the others' transfer, those that conflict interfere. Bounded as `bandit`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from omnisched.config.schema import ScheduleConfig
-from omnisched.schedule.policies import POLICIES, Decision
-from omnisched.schedule.state import BanditState, PhaseRecord, SchedulerState
-from omnisched.schedule.transfer import phase_deltas, transfer_rates
+from omnisched.schedule.policies import POLICIES, Decision, Policy
+from omnisched.schedule.state import PhaseRecord, SchedulerState
 
-FAST, SLOW = 0.3, 0.05  # EMA rates of the per-step reward: short and long horizon
-PROGRESS = 4.0  # weight of learning progress against learnability (both ~[0, 1] after scaling)
-EXPLORE = 0.3  # UCB bonus scale
-TEMPERATURE = 0.2  # softmax temperature over scores
-FLOOR = 0.05  # weight spread uniformly so that every domain's reward stays observed
-RIDGE = 1.0  # pulls transfer rates of never-separated domains towards 0
-
-
-def arm_scores(
-    bandit: BanditState, pulls: Mapping[str, float], domains: Sequence[str]
-) -> dict[str, float]:
-    """The score of every domain (module docstring); an unobserved domain is fully learnable."""
-    t = sum(pulls.values())
-    out = {}
-    for d in domains:
-        p = bandit.fast.get(d)
-        learnability = 1.0 if p is None else 4 * p * (1 - p)
-        progress = abs(bandit.fast[d] - bandit.slow[d]) if p is not None else 0.0
-        explore = EXPLORE * math.sqrt(math.log(1 + t) / (1 + pulls.get(d, 0.0)))
-        out[d] = learnability + PROGRESS * progress + bandit.transfer.get(d, 0.0) + explore
-    return out
+WINDOW = 40  # steps of history a slope is fitted on
+BETA = 0.35  # how far a standardised score moves a weight: exp(BETA * z)
+Z_CLIP = 2.0
+LOW, HIGH = 0.5, 2.0  # bounds of a weight, as multiples of the uniform weight
+UCB_C = 0.5  # learnability: exploration bonus scale
+UCB_TEMPERATURE = 0.1  # learnability: softmax temperature over UCB scores
+ALIGN_WEIGHT = 1.0  # tac: weight of gradient alignment against learnability
 
 
-def mixture_weights(scores: Mapping[str, float]) -> dict[str, float]:
-    """w = (1 - FLOOR) softmax(score / TEMPERATURE) + FLOOR / K, summing to 1."""
+class MixturePolicy(Policy):
+    """Shared plumbing: per-domain step history in `state.policy_state[key]`, exposure
+    accounting, uniform start; subclasses turn the history into weights."""
+
+    key = "mixture"
+    name = "mixture"
+
+    def memory(self, state: SchedulerState) -> dict[str, Any]:
+        mem = state.policy_state.setdefault(self.key, {})
+        mem.setdefault("weights", {d: 1.0 / len(state.domains) for d in state.domains})
+        mem.setdefault("history", {d: [] for d in state.domains})  # [exposure, reward, |A|]
+        mem.setdefault("exposure", dict.fromkeys(state.domains, 0.0))
+        mem.setdefault("align", {})  # "a/b" -> [sum of cosines, count]
+        mem.setdefault("last_step", -1)
+        return mem
+
+    def next_phase(self, state: SchedulerState) -> Decision:
+        mem = self.memory(state)
+        weights = self.weights(state, mem)
+        mem["weights"] = weights
+        mix = ", ".join(f"{d} {w:.2f}" for d, w in weights.items())
+        return Decision(
+            list(state.domains), f"{self.name}: {self.explain(mem)}; mixture {mix}", mixture=weights
+        )
+
+    def observe_step(
+        self, state: SchedulerState, step: int, stats: dict[str, float]
+    ) -> dict[str, float] | None:
+        """Fold one step in (a replayed step id after a resume changes nothing); charge its
+        weights to the open phase's exposure; return the next step's weights."""
+        if not state.phases or state.phases[-1].result is not None:
+            raise RuntimeError(f"{self.name}: observe_step needs an open phase (next_phase first)")
+        mem = self.memory(state)
+        if step <= mem["last_step"]:
+            return dict(mem["weights"])
+        mem["last_step"] = step
+        exposure = state.phases[-1].exposure
+        for d, w in mem["weights"].items():  # the weights this step was drawn with
+            exposure[d] = exposure.get(d, 0.0) + w
+            mem["exposure"][d] += w
+        for d in state.domains:
+            if f"reward/{d}" in stats:
+                row = [mem["exposure"][d], stats[f"reward/{d}"], stats.get(f"adv_abs/{d}", 0.0)]
+                mem["history"][d] = (mem["history"][d] + [row])[-WINDOW:]
+        for key, cos in stats.items():
+            if key.startswith("learner/grad_cos/"):
+                pair = key.removeprefix("learner/grad_cos/")
+                total, n = mem["align"].get(pair, [0.0, 0])
+                mem["align"][pair] = [total + cos, n + 1]
+        mem["weights"] = self.weights(state, mem)
+        return dict(mem["weights"])
+
+    def weights(self, state: SchedulerState, mem: dict[str, Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def explain(self, mem: dict[str, Any]) -> str:
+        return "online mixture"
+
+
+@POLICIES.register("bandit")
+class BanditPolicy(MixturePolicy):
+    """Balanced learning progress (more weight where it stalls), bounded around uniform."""
+
+    key, name = "bandit", "bandit"
+
+    def weights(self, state: SchedulerState, mem: dict[str, Any]) -> dict[str, float]:
+        z = {d: progress_z(mem["history"][d]) for d in state.domains}
+        return bounded_softmax({d: -BETA * v for d, v in centred(z).items()})
+
+    def explain(self, mem: dict[str, Any]) -> str:
+        z = {d: progress_z(h) for d, h in mem["history"].items()}
+        return "learning-progress z " + ", ".join(f"{d} {v:+.1f}" for d, v in z.items())
+
+
+@POLICIES.register("learnability")
+class LearnabilityPolicy(MixturePolicy):
+    """DUMP-style UCB over mean |advantage|; softmax, unbounded (a published baseline)."""
+
+    key, name = "learnability", "learnability"
+
+    def weights(self, state: SchedulerState, mem: dict[str, Any]) -> dict[str, float]:
+        total = sum(len(h) for h in mem["history"].values())
+        scores = {}
+        for d in state.domains:
+            h = mem["history"][d]
+            if not h:
+                scores[d] = 1.0 + UCB_C * math.sqrt(math.log(total + 2))  # unseen: explore
+                continue
+            mean_abs = sum(r[2] for r in h) / len(h)
+            scores[d] = mean_abs + UCB_C * math.sqrt(math.log(total + 2) / len(h))
+        return softmax({d: s / UCB_TEMPERATURE for d, s in scores.items()})
+
+
+@POLICIES.register("tac")
+class TransferAwarePolicy(MixturePolicy):
+    """Learnability plus gradient alignment with the other domains, standardised, bounded."""
+
+    key, name = "tac", "tac"
+
+    def weights(self, state: SchedulerState, mem: dict[str, Any]) -> dict[str, float]:
+        learn = {}
+        for d in state.domains:
+            h = mem["history"][d]
+            learn[d] = sum(r[2] for r in h) / len(h) if h else 0.0
+        spread = _sd(list(learn.values()))
+        score = {d: (v / spread if spread > 0 else 0.0) for d, v in centred(learn).items()}
+        align = alignment(mem["align"], state.domains)
+        for d in state.domains:
+            score[d] = max(-Z_CLIP, min(Z_CLIP, score[d])) + ALIGN_WEIGHT * align.get(d, 0.0)
+        return bounded_softmax({d: BETA * v for d, v in centred(score).items()})
+
+
+def alignment(pairs: Mapping[str, Sequence[float]], domains: Sequence[str]) -> dict[str, float]:
+    """Each domain's mean gradient cosine with the others (0 where never measured)."""
+    sums: dict[str, list[float]] = {d: [] for d in domains}
+    for pair, (total, n) in pairs.items():
+        a, _, b = pair.partition("/")
+        if n and a in sums and b in sums:
+            sums[a].append(total / n)
+            sums[b].append(total / n)
+    return {d: sum(v) / len(v) if v else 0.0 for d, v in sums.items()}
+
+
+def progress_z(history: Sequence[Sequence[float]]) -> float:
+    """z-score of the least-squares slope of reward on cumulative exposure (0 with < 4 points
+    or no spread in exposure)."""
+    if len(history) < 4:
+        return 0.0
+    xs = [r[0] for r in history]
+    ys = [r[1] for r in history]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx <= 1e-12:
+        return 0.0
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    resid = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys)) / max(n - 2, 1)
+    se = math.sqrt(resid / sxx) if resid > 0 else 1e-9
+    return max(-Z_CLIP, min(Z_CLIP, slope / se))
+
+
+def centred(scores: Mapping[str, float]) -> dict[str, float]:
+    m = sum(scores.values()) / len(scores)
+    return {d: v - m for d, v in scores.items()}
+
+
+def softmax(scores: Mapping[str, float]) -> dict[str, float]:
     top = max(scores.values())
-    e = {d: math.exp((s - top) / TEMPERATURE) for d, s in scores.items()}
+    e = {d: math.exp(s - top) for d, s in scores.items()}
     z = sum(e.values())
-    return {d: (1 - FLOOR) * v / z + FLOOR / len(scores) for d, v in e.items()}
+    return {d: v / z for d, v in e.items()}
 
 
-def update_rewards(bandit: BanditState, rewards: Mapping[str, float]) -> None:
-    """EMA update with this step's mean reward per domain (a first observation sets both)."""
-    for d, r in rewards.items():
-        if d not in bandit.fast:
-            bandit.fast[d] = bandit.slow[d] = r
-        else:
-            bandit.fast[d] += FAST * (r - bandit.fast[d])
-            bandit.slow[d] += SLOW * (r - bandit.slow[d])
+def bounded_softmax(scores: Mapping[str, float]) -> dict[str, float]:
+    """Weights proportional to exp(score), each kept within [LOW, HIGH] / K, summing to 1: the
+    weights over a bound are fixed at it and the rest rescaled to the mass left, until none
+    is out of bounds (over the upper bound first, then under the lower)."""
+    k = len(scores)
+    w = softmax(scores)
+    lo, hi = LOW / k, HIGH / k
+    fixed: dict[str, float] = {}
+    free = set(w)
+    while free:
+        left = 1.0 - sum(fixed.values())
+        total = sum(w[d] for d in free)
+        scaled = {d: w[d] * left / total for d in free}
+        over = [d for d in free if scaled[d] > hi]
+        under = [d for d in free if scaled[d] < lo]
+        if not over and not under:
+            fixed.update(scaled)
+            break
+        for d in over or under:
+            fixed[d] = hi if over else lo
+            free.discard(d)
+    total = sum(fixed.values())
+    return {d: fixed[d] / total for d in w}
 
 
-def transfer_bonus(state: SchedulerState, phase_steps: int) -> dict[str, float]:
-    """transfer_a = clip(phase_steps * sum_{b != a} rate[a][b], -1, 1) from the evaluations."""
-    done = state.completed()
-    if state.baseline is None or not done:
-        return {}
-    exposures, deltas, before = [], [], state.baseline.accuracy
-    for p in done:
-        exposures.append(phase_exposure(p))
-        deltas.append(phase_deltas(before, p.result.accuracy))  # type: ignore[union-attr]
-        before = p.result.accuracy  # type: ignore[union-attr]
-    rates = transfer_rates(exposures, deltas, state.domains, RIDGE)
-    return {
-        a: max(-1.0, min(1.0, phase_steps * sum(v for b, v in rates[a].items() if b != a)))
-        for a in state.domains
-    }
+def _sd(xs: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def phase_exposure(p: PhaseRecord) -> dict[str, float]:
     """Step-equivalents per domain: recorded per step, else the phase's steps split evenly."""
     return p.exposure or {d: p.steps / len(p.trained) for d in p.trained}
-
-
-def total_pulls(state: SchedulerState) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for p in state.phases:
-        for d, n in phase_exposure(p).items():
-            out[d] = out.get(d, 0.0) + n
-    return out
-
-
-@POLICIES.register("bandit")
-class BanditPolicy:
-    """Transfer-aware UCB mixture over domains, updated from every step's rewards."""
-
-    def __init__(self, cfg: ScheduleConfig) -> None:
-        self.cfg = cfg
-
-    def next_phase(self, state: SchedulerState) -> Decision:
-        if state.bandit is None:
-            state.bandit = BanditState(weights={d: 1 / len(state.domains) for d in state.domains})
-        state.bandit.transfer = transfer_bonus(state, self.cfg.steps_per_phase)
-        scores = arm_scores(state.bandit, total_pulls(state), state.domains)
-        state.bandit.weights = mixture_weights(scores)
-        mix = ", ".join(f"{d} {w:.2f}" for d, w in state.bandit.weights.items())
-        transfer = ", ".join(f"{d} {v:+.2f}" for d, v in state.bandit.transfer.items()) or "none"
-        reason = f"bandit: per-step mixture {mix}; measured transfer bonus {transfer}"
-        return Decision(list(state.domains), reason, mixture=dict(state.bandit.weights))
-
-    def observe_step(
-        self, state: SchedulerState, step: int, stats: Mapping[str, float]
-    ) -> dict[str, float]:
-        """Fold one step's rewards in and charge the step to the open phase's exposure; returns
-        the weights for the next step. Only `reward/<domain>` keys are read (a domain absent
-        from the step keeps its estimate). A step id already seen (a replay after resume)
-        changes nothing."""
-        bandit = state.bandit
-        if bandit is None or not state.phases or state.phases[-1].result is not None:
-            raise RuntimeError("bandit: observe_step needs an open phase (call next_phase first)")
-        if step <= bandit.last_step:
-            return dict(bandit.weights)
-        exposure = state.phases[-1].exposure
-        for d, w in bandit.weights.items():  # the weights this step was drawn with
-            exposure[d] = exposure.get(d, 0.0) + w
-        rewards = {d: float(stats[f"reward/{d}"]) for d in state.domains if f"reward/{d}" in stats}
-        update_rewards(bandit, rewards)
-        bandit.steps += 1
-        bandit.last_step = step
-        bandit.weights = mixture_weights(arm_scores(bandit, total_pulls(state), state.domains))
-        return dict(bandit.weights)

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from omnisched.config.schema import ScheduleConfig
 from omnisched.registry import Registry
-from omnisched.schedule.planner import TransferModel, plan_blocks, plan_order
+from omnisched.schedule.estimate import fit
+from omnisched.schedule.planner import (
+    Estimate,
+    TransferModel,
+    as_plan,
+    plan_blocks,
+    plan_difference,
+    plan_order,
+    predict_final,
+    predict_spread,
+)
 from omnisched.schedule.state import SchedulerState
 
 POLICIES: Registry = Registry("scheduler policy", "omnisched.policies")
 
-PRIOR_SELF_GAIN = 0.1  # assumed gain of training an unmeasured domain, before any phase ran
-OVERRIDE_MARGIN = 0.005  # predicted mean accuracy measured transfer must win by to break the rule
+OVERRIDE_Z = 1.0  # measured transfer overrides the entropy rule when it wins by > z sd
 
 
 @dataclass
 class Decision:
     """What the next phase trains. `mixture` (domain -> sampling weight, summing to 1) is set by
     online policies that reweight domains every step; `steps` overrides the recipe's
-    `steps_per_phase` (short probe phases)."""
+    `steps_per_phase` (probe phases, and regular phases shortened to pay for them)."""
 
     domains: list[str]
     reason: str
@@ -29,33 +37,41 @@ class Decision:
     steps: int | None = None
     probe: bool = False
     planned_order: list[str] | None = None
+    predicted_sd: dict[str, float] | None = None  # uncertainty of predicted_final
 
 
-class Policy(Protocol):
-    """A scheduling policy. Optional hooks: `extra_phases(state) -> int` (phases it adds to the
-    recipe's count, e.g. probes) and `observe_step(state, step, stats) -> dict[str, float]`
-    (online policies: per-step statistics in, next step's mixture out)."""
-
-    def next_phase(self, state: SchedulerState) -> Decision: ...
-
-
-@POLICIES.register("joint")
-class JointPolicy:
-    """Mix every domain in every step (the paper's joint-training baseline)."""
+class Policy:
+    """A scheduling policy: `next_phase` decides each phase. Hooks with defaults:
+    `extra_phases` (phases it adds to the recipe's count, e.g. probes) and `observe_step`
+    (online policies: one step's statistics in, the next step's mixture out; None keeps it).
+    A policy keeps what it must remember in `state.policy_state` (saved, resumed)."""
 
     def __init__(self, cfg: ScheduleConfig) -> None:
         self.cfg = cfg
+
+    def next_phase(self, state: SchedulerState) -> Decision:
+        raise NotImplementedError(f"{type(self).__name__} must define next_phase")
+
+    def extra_phases(self, state: SchedulerState) -> int:
+        return 0
+
+    def observe_step(
+        self, state: SchedulerState, step: int, stats: dict[str, float]
+    ) -> dict[str, float] | None:
+        return None
+
+
+@POLICIES.register("joint")
+class JointPolicy(Policy):
+    """Mix every domain in every step (the paper's joint-training baseline)."""
 
     def next_phase(self, state: SchedulerState) -> Decision:
         return Decision(list(state.domains), "joint: all domains mixed in every step")
 
 
 @POLICIES.register("sequential")
-class SequentialPolicy:
+class SequentialPolicy(Policy):
     """A fixed order (`schedule.order`, default the recipe's domain order), cycled if needed."""
-
-    def __init__(self, cfg: ScheduleConfig) -> None:
-        self.cfg = cfg
 
     def next_phase(self, state: SchedulerState) -> Decision:
         order = self.cfg.order or state.domains
@@ -64,56 +80,84 @@ class SequentialPolicy:
 
 
 @POLICIES.register("bwt")
-class BWTPolicy:
+class BWTPolicy(Policy):
     """The paper's BWT-guided curriculum, decided online at every phase boundary.
 
-    Transfer D[c][a] is measured from the phases run so far (transfer.transfer_matrix, rescaled
-    to a full phase); with `schedule.probe_steps > 0` the first len(domains) phases are short
-    probes, one per domain, that measure every row of D before the curriculum starts. The
-    planner predicts every remaining order's final accuracies under the additive-transfer
-    assumption and the first domain of the best order is trained next.
-    Entropy rule: structured domains go before open-ended ones (lower measured entropy first
-    within a kind), since entropy-collapsing structured RL would otherwise erase open-ended
-    gains; measured transfer overrides the rule when an order that breaks it is predicted
-    better by more than OVERRIDE_MARGIN. The reason names the rule that decided.
+    Every measured change (with its paired standard error) updates the planner's model
+    (`estimate.fit`): headrooms, transfer between domains, and how fragile each domain's
+    learned skill is (backward transfer). The planner predicts, for every plan of the phases that
+    are left, every domain's final accuracy, and the first domain of the best plan trains next.
+    The entropy rule (structured domains before open-ended ones, lower entropy first, since
+    entropy-collapsing structured RL erases open-ended gains) decides unless measured transfer
+    predicts a better plan by more than OVERRIDE_Z standard deviations of that gain. With
+    `schedule.probe_steps > 0`, a short probe phase per domain first measures every row of
+    transfer; probes are paid from the run's step budget (phases x steps_per_phase): the
+    regular phases are shortened so that the total stays that budget.
     """
-
-    def __init__(self, cfg: ScheduleConfig) -> None:
-        self.cfg = cfg
 
     def extra_phases(self, state: SchedulerState) -> int:
         return len(state.domains) if self.cfg.probe_steps > 0 else 0
+
+    def phase_steps(self, state: SchedulerState, index: int) -> int:
+        """Steps of regular phase `index` (0-based among regular phases): the budget left
+        after probes, split evenly, the remainder to the first phases."""
+        n = self.cfg.steps_per_phase
+        if self.cfg.probe_steps <= 0:
+            return n
+        left = state.total_phases * n - len(state.domains) * self.cfg.probe_steps
+        base, extra = divmod(left, state.total_phases)
+        return max(base + (index < extra), 1)
 
     def next_phase(self, state: SchedulerState) -> Decision:
         probe = self._probe(state)
         if probe is not None:
             return probe
-        model = estimate_transfer(state, self.cfg.steps_per_phase)
-        trained = {p.trained[0] for p in state.phases if len(p.trained) == 1 and not p.probe}
+        regular = [p for p in state.phases if not p.probe]
+        steps = self.phase_steps(state, len(regular))
+        x = steps / self.cfg.steps_per_phase
+        left = max(state.total_phases - len(regular), 1)
+        model = fit(state, self.cfg.steps_per_phase)
+        trained = {p.trained[0] for p in regular if len(p.trained) == 1}
         remaining = [d for d in state.domains if d not in trained]
-        if not remaining:  # more phases than domains: retrain the most forgotten domain
-            return self._revisit(state, model)
+        if not remaining:  # more phases than domains: one more phase where it gains most
+            return self._revisit(state, model, steps, x)
+        measured = bool(state.completed())
         rank = prior_rank(state)
-        best, best_pred = plan_order(remaining, model, rank)
+        best, _ = plan_order(remaining, model, rank, left, x)
         structured = [d for d in remaining if state.kinds.get(d) != "open"]
         open_ = [d for d in remaining if state.kinds.get(d) == "open"]
-        if not (structured and open_):
-            reason = f"bwt[transfer]: order {best} has the best predicted mean final accuracy"
-            reason += f" {_mean(best_pred):.3f}"
-            return Decision([best[0]], reason, best_pred, planned_order=best)
-        ruled, ruled_pred = plan_blocks([structured, open_], model, rank)
-        if _mean(best_pred) > _mean(ruled_pred) + OVERRIDE_MARGIN:
-            reason = (
-                f"bwt[transfer overrides entropy rule]: order {best} predicted mean "
-                f"{_mean(best_pred):.3f} beats structured-first order {ruled} at "
-                f"{_mean(ruled_pred):.3f}"
+        ruled, _ = plan_blocks([structured, open_], model, rank, left, x)
+        gap = plan_difference(as_plan(best, x), as_plan(ruled, x), model)
+        if not measured:
+            order, why = ruled, "bwt[entropy rule]: nothing measured yet, structured first"
+        elif best == ruled:
+            order, why = best, "bwt[transfer agrees with the entropy rule]"
+        elif gap.mean > OVERRIDE_Z * gap.sd:
+            order = best
+            why = (
+                f"bwt[transfer overrides entropy rule]: beats structured-first order {ruled} "
+                f"by {_pts(gap)}"
             )
-            return Decision([best[0]], reason, best_pred, planned_order=best)
-        reason = (
-            f"bwt[entropy rule]: structured before open-ended, lower entropy first; order {ruled} "
-            f"predicted mean {_mean(ruled_pred):.3f} (best of any order {_mean(best_pred):.3f})"
+        else:
+            order = ruled
+            why = (
+                f"bwt[entropy rule]: transfer's best order {best} wins by only {_pts(gap)}, "
+                "within its uncertainty"
+            )
+        spread = predict_spread(as_plan(order, x), model)
+        mean = Estimate(
+            sum(e.mean for e in spread.values()) / len(spread),
+            sum(e.var for e in spread.values()) / len(spread) ** 2,
         )
-        return Decision([ruled[0]], reason, ruled_pred, planned_order=ruled)
+        reason = f"{why}; order {order} predicted mean final {mean.mean:.3f} +- {mean.sd:.3f}"
+        return Decision(
+            [order[0]],
+            reason,
+            predicted_final={d: e.mean for d, e in spread.items()},
+            steps=steps if steps != self.cfg.steps_per_phase else None,
+            planned_order=order,
+            predicted_sd={d: e.sd for d, e in spread.items()},
+        )
 
     def _probe(self, state: SchedulerState) -> Decision | None:
         """The next short probe phase, while some domain has not been probed yet."""
@@ -126,14 +170,21 @@ class BWTPolicy:
             return None
         reason = (
             f"bwt[probe]: probe {len(probed) + 1}/{len(state.domains)} on '{todo[0]}' "
-            f"({self.cfg.probe_steps} steps) to measure its transfer"
+            f"({self.cfg.probe_steps} steps, paid from the regular phases) to measure its "
+            "transfer"
         )
         return Decision([todo[0]], reason, steps=self.cfg.probe_steps, probe=True)
 
-    def _revisit(self, state: SchedulerState, model: TransferModel) -> Decision:
-        drop = {d: model.level[d] - model.current[d] for d in state.domains}
-        d = max(drop, key=lambda k: drop[k])
-        return Decision([d], f"bwt: every domain trained once; '{d}' forgot most ({drop[d]:+.3f})")
+    def _revisit(
+        self, state: SchedulerState, model: TransferModel, steps: int, x: float
+    ) -> Decision:
+        gains = {d: predict_final([(d, x)], model)[d] - model.current[d] for d in state.domains}
+        d = max(gains, key=lambda k: gains[k])
+        reason = (
+            f"bwt[revisit]: every domain trained once; '{d}' is predicted to gain most "
+            f"({gains[d]:+.3f})"
+        )
+        return Decision([d], reason, steps=steps if steps != self.cfg.steps_per_phase else None)
 
 
 def prior_rank(state: SchedulerState) -> dict[str, float]:
@@ -152,43 +203,10 @@ def prior_rank(state: SchedulerState) -> dict[str, float]:
     return {d: float(i) for i, d in enumerate(keyed)}
 
 
-def estimate_transfer(state: SchedulerState, full_steps: int | None = None) -> TransferModel:
-    """Levels and transfer from completed phases (rescaled to `full_steps`-step phases when
-    given); priors fill what is not yet measured.
-
-    level[c] is c's accuracy right after its last full phase, else current + D[c][c] (probed),
-    else current + the mean measured self-gain (PRIOR_SELF_GAIN before any phase). An unmeasured
-    row D[c][.] takes each domain's mean measured shift under the other phases (how vulnerable it
-    has proved), 0 before any phase.
-    """
-    now = state.current()
-    current = dict(now.accuracy) if now else {d: 0.0 for d in state.domains}
-    D = state.transfer_matrix(full_steps)
-    level: dict[str, float] = {}
-    for p in state.completed():
-        if len(p.trained) == 1 and not p.probe:
-            level[p.trained[0]] = p.result.accuracy[p.trained[0]]  # type: ignore[union-attr]
-    gains = [row[a] for a, row in D.items() if a in row]
-    self_gain = sum(gains) / len(gains) if gains else PRIOR_SELF_GAIN
-    transfer = {c: {a: v for a, v in row.items() if a != c} for c, row in D.items()}
-    vulnerability = _column_means(transfer, state.domains)
-    for d in state.domains:
-        level.setdefault(d, current[d] + (D[d].get(d, self_gain) if d in D else self_gain))
-        transfer.setdefault(d, {a: vulnerability[a] for a in state.domains if a != d})
-    return TransferModel(current=current, level=level, transfer=transfer)
+def estimate_transfer(state: SchedulerState, full_steps: int) -> TransferModel:
+    """The planner's model of `state`'s measurements (`estimate.fit`)."""
+    return fit(state, full_steps)
 
 
-def _mean(xs: dict[str, float]) -> float:
-    return sum(xs.values()) / len(xs) if xs else 0.0
-
-
-def _column_means(transfer: dict[str, dict[str, float]], domains: list[str]) -> dict[str, float]:
-    """Mean measured shift of each domain when others train (its vulnerability); the global
-    mean where a domain has no measurement yet, 0 before any phase."""
-    measured = [v for row in transfer.values() for v in row.values()]
-    overall = sum(measured) / len(measured) if measured else 0.0
-    out = {}
-    for a in domains:
-        col = [row[a] for c, row in transfer.items() if a in row]
-        out[a] = sum(col) / len(col) if col else overall
-    return out
+def _pts(gap: Estimate) -> str:
+    return f"{100 * gap.mean:+.2f} +- {100 * gap.sd:.2f} points"

@@ -7,6 +7,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omnisched.schedule.transfer import (
     backward_transfer,
@@ -37,18 +38,7 @@ class PhaseRecord:
     planned_order: list[str] | None = None  # the whole order the decision was taken from
     mixture: dict[str, float] | None = None  # latest per-step sampling weights (online policies)
     exposure: dict[str, float] = field(default_factory=dict)  # step-equivalents per domain
-
-
-@dataclass
-class BanditState:
-    """The online mixture policy's memory, persisted so a resumed run continues it exactly."""
-
-    weights: dict[str, float]  # sampling weights for the next step, summing to 1
-    fast: dict[str, float] = field(default_factory=dict)  # short-horizon EMA of reward
-    slow: dict[str, float] = field(default_factory=dict)  # long-horizon EMA of reward
-    transfer: dict[str, float] = field(default_factory=dict)  # arm -> what it gives the others
-    steps: int = 0  # steps observed
-    last_step: int = -1  # controller step id of the last observation (replays are ignored)
+    predicted_sd: dict[str, float] | None = None  # uncertainty of predicted_final
 
 
 @dataclass
@@ -60,7 +50,7 @@ class SchedulerState:
     baseline: Evaluation | None = None
     phases: list[PhaseRecord] = field(default_factory=list)
     choices: dict[str, int] = field(default_factory=dict)  # options of multiple-choice domains
-    bandit: BanditState | None = None
+    policy_state: dict[str, Any] = field(default_factory=dict)  # what the policy remembers
 
     # ---- derived measurements -------------------------------------------------------------
     def completed(self) -> list[PhaseRecord]:
@@ -133,7 +123,9 @@ class SchedulerState:
         phases = [
             PhaseRecord(**{**p, "result": ev(p.get("result"))}) for p in data.get("phases", [])
         ]
-        bandit = data.get("bandit")
+        policy_state = dict(data.get("policy_state") or {})
+        if data.get("bandit"):  # written before policy_state existed
+            policy_state["bandit"] = data["bandit"]
         return cls(
             domains=list(data["domains"]),
             kinds=dict(data["kinds"]),
@@ -142,7 +134,7 @@ class SchedulerState:
             baseline=ev(data.get("baseline")),
             phases=phases,
             choices={d: int(k) for d, k in data.get("choices", {}).items()},
-            bandit=BanditState(**bandit) if bandit else None,
+            policy_state=policy_state,
         )
 
     def save(self, path: Path) -> None:
