@@ -16,6 +16,12 @@ class RunConfig(Strict):
     name: str = "run"
     output_dir: Path = Path("runs")
     seed: int = 0
+    data_seed: int | None = Field(
+        None,
+        description="seed of the domains' data (eval sets, warm-start demonstrations) and of "
+        "the warm start; None = run.seed. `reproduce` fixes it so that every seed of every arm "
+        "shares one warm start and one eval set, and only the RL seed varies",
+    )
     threads: int = Field(2, ge=1, description="torch intra-op threads per process")
     checkpoint_every: int = Field(
         10, ge=0, description="GRPO steps between resumable checkpoints (0: phase ends only)"
@@ -264,6 +270,11 @@ class PlacementConfig(Strict):
 
 
 class Recipe(Strict):
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data and the warm start (`run.data_seed`, else `run.seed`)."""
+        return self.run.seed if self.run.data_seed is None else self.run.data_seed
+
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
     domains: list[DomainConfig]

@@ -200,8 +200,17 @@ def _decisions(state: SchedulerState) -> list[str]:
         if p.planned_order:
             out.append(f"  - planned order: {' -> '.join(p.planned_order)}")
         if p.predicted_final:
-            pred = ", ".join(f"{d} {v:.3f}" for d, v in p.predicted_final.items())
+            sd = p.predicted_sd or {}
+            pred = ", ".join(
+                f"{d} {v:.3f}" + (f" +- {sd[d]:.3f}" if d in sd else "")
+                for d, v in p.predicted_final.items()
+            )
             out.append(f"  - predicted final accuracy: {pred}")
+            if sd and max(sd.values()) > 0.1:
+                out.append(
+                    "  - (uncertain: a prediction this wide says little; it comes mostly "
+                    "from priors, not from measurements)"
+                )
         if p.mixture:
             mix = ", ".join(f"{d} {w:.2f}" for d, w in p.mixture.items())
             out.append(f"  - last sampling mixture: {mix}")
@@ -248,20 +257,32 @@ def _pyplot():
 
 
 def _plot_phases(run_dir: Path, state: SchedulerState) -> Path | None:
-    """Accuracy, entropy and BWT per phase, one line per domain."""
+    """Accuracy, entropy and BWT per phase, one line per domain; each phase is labelled with
+    what it trained, and the phases whose domain the planner chose against the entropy rule,
+    or by its rule, are marked (O: transfer overrode the rule, R: the rule decided)."""
     rows = list(_rows(state))
     if len(rows) < 2:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for d in state.domains:
         axes[0].plot([ev.accuracy[d] for _, ev in rows], marker="o", label=d)
         axes[1].plot([ev.entropy[d] for _, ev in rows], marker="o", label=d)
+    labels = [label.split(": ", 1)[-1] for label, _ in rows]
     for ax, name in zip(axes, ("held-out accuracy", "token entropy (nats)")):
-        ax.set_xticks(range(len(rows)), [label.split(":")[0] for label, _ in rows])
-        ax.set_xlabel("after phase")
+        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("after the phase on")
         ax.set_title(name)
-    axes[0].legend(fontsize=8)
+    marks = False
+    for x, p in enumerate(state.completed(), start=1 if state.baseline else 0):
+        mark = _decision_mark(p.reason)
+        if mark:
+            marks = True
+            axes[0].annotate(mark, (x, 0.97), xycoords=("data", "axes fraction"), ha="center",
+                             va="top", fontsize=9, color="darkred")  # fmt: skip
+    if marks:
+        axes[0].set_title("held-out accuracy (decided by: R rule, O transfer, A both)")
+    axes[0].legend(fontsize=8, loc="lower left")
     curve = _bwt_over_phases(state)
     if curve:
         axes[2].plot(range(1, len(curve) + 1), curve, marker="o", color="black")
@@ -276,6 +297,16 @@ def _plot_phases(run_dir: Path, state: SchedulerState) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _decision_mark(reason: str) -> str:
+    """Which rule decided a bwt phase: O (measured transfer overrode the entropy rule), A (the
+    two agreed), R (the entropy rule decided); '' for other policies and probes."""
+    if reason.startswith("bwt[transfer overrides"):
+        return "O"
+    if reason.startswith("bwt[transfer agrees"):
+        return "A"
+    return "R" if reason.startswith("bwt[entropy rule") else ""
 
 
 def _plot_heatmaps(run_dir: Path, state: SchedulerState) -> Path | None:

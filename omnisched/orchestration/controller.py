@@ -52,7 +52,7 @@ class Controller:
         self.progress = progress or (lambda event, info: None)
         self.rng = random.Random(recipe.run.seed)  # the prompt sampler's, checkpointed
         self.domains: dict[str, Domain] = {
-            d.name: build_domain(d, recipe.run.seed) for d in recipe.domains
+            d.name: build_domain(d, recipe.data_seed) for d in recipe.domains
         }
         self.step = 0
         self.timings: dict[str, float] = {"eval_s": 0.0, "train_s": 0.0, "warm_start_s": 0.0}

@@ -72,7 +72,7 @@ def evaluate_folder(recipe: Recipe, model_dir: Path, out_dir: Path, label: str) 
     same seed, so the same eval sets and sampling seed. Writes `out_dir/metrics.jsonl`."""
     from omnisched.orchestration.backend import make_backend
 
-    domains = {d.name: build_domain(d, recipe.run.seed) for d in recipe.domains}
+    domains = {d.name: build_domain(d, recipe.data_seed) for d in recipe.domains}
     backend = make_backend(recipe.ray)
     metrics = MetricsLogger(Path(out_dir))
     try:  # no learner, no placement group: the engines and reward workers go where Ray puts them

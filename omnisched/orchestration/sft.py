@@ -25,7 +25,7 @@ Progress = Callable[[str, dict[str, Any]], None]
 
 def demonstrations(recipe: Recipe, domains: dict[str, Domain]) -> list[tuple[str, str]]:
     """Every domain's warm-start (prompt, completion) pairs, drawn with the run's demo seed."""
-    rng = random.Random(recipe.run.seed + 1)
+    rng = random.Random(recipe.data_seed + 1)
     default = recipe.model.warm_start.examples_per_domain
     return [
         pair
@@ -45,7 +45,7 @@ def warm_start(
 ) -> str:
     """The folder RL starts from (see the module docstring)."""
     demos = demonstrations(recipe, domains)
-    target, ready = model_cache.resolve(recipe.model, demos, recipe.run.seed)
+    target, ready = model_cache.resolve(recipe.model, demos, recipe.data_seed)
     if ready:
         return str(target)
     progress("warm_start", {"examples": len(demos)})
@@ -53,7 +53,7 @@ def warm_start(
     log_path.unlink(missing_ok=True)
     r = recipe
     future = backend.submit(
-        model_cache.train_in_worker, r.model, demos, r.run.seed, r.run.threads, str(log_path)
+        model_cache.train_in_worker, r.model, demos, r.data_seed, r.run.threads, str(log_path)
     )
     seen = 0
     while True:

@@ -4,9 +4,12 @@ Every training arm gets the same RL budget: K domains x `steps_per_phase` GRPO s
 `prompts_per_step` prompts x `group_size` completions, one optimizer step per GRPO step and
 PPO epoch. How each arm spends it:
 - joint: K phases of `steps_per_phase` steps, each step mixing all K domains;
-- bwt: K single-domain phases in the order the BWT planner picks online (no probe phases:
-  probes would be extra compute, so `probe_steps` is forced to 0);
+- bwt: K single-domain phases in the order the BWT planner picks online (with the recipe's
+  `probe_steps`, its probe phases are paid from those K phases' steps: same budget);
 - reverse: K single-domain phases in the reverse of the order the bwt arm trained;
+- structured-first: K single-domain phases, structured domains then open-ended ones, each in
+  recipe order (Omni-Thinker v1's fixed order);
+- bandit, tac, learnability: K phases of online mixtures re-weighted every step;
 - order-<a>-<b>-...: every order with the sequential policy (`--all-orders`);
 - merge-ta / merge-ties: K expert runs, one per domain, each one phase of `steps_per_phase`
   steps on that domain only (exactly the per-domain budget a curriculum phase gets), all from
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from omnisched.errors import ConfigError
@@ -61,15 +64,27 @@ def order_name(order: Sequence[str]) -> str:
     return "order-" + "-".join(order)
 
 
-def plan_arms(domains: Sequence[str], all_orders: bool = False) -> list[ArmSpec]:
+ONLINE = ("bandit", "tac", "learnability")
+
+
+def plan_arms(
+    domains: Sequence[str], all_orders: bool = False, kinds: Mapping[str, str] | None = None
+) -> list[ArmSpec]:
     """The arms, in the order they must run (reverse after bwt)."""
     k = len(domains)
+    kinds = kinds or {}
     experts = tuple(RunSpec(f"expert-{d}", "sequential", 1, order=(d,)) for d in domains)
+    structured_first = tuple(sorted(domains, key=lambda d: kinds.get(d) == "open"))
     arms = [
         ArmSpec("base", (), final="base"),
         ArmSpec("joint", (RunSpec("joint", "joint", k),)),
         ArmSpec("bwt", (RunSpec("bwt", "bwt", k),)),
         ArmSpec("reverse", (RunSpec("reverse", "sequential", k, reverse_of="bwt"),)),
+        ArmSpec(
+            "structured-first",
+            (RunSpec("structured-first", "sequential", k, order=structured_first),),
+        ),
+        *(ArmSpec(p, (RunSpec(p, p, k),)) for p in ONLINE),
         ArmSpec("merge-ta", experts, final="ta"),  # the two merges share the same expert runs
         ArmSpec("merge-ties", experts, final="ties"),
     ]

@@ -25,6 +25,7 @@ def render_report(results: dict[str, Any], plots: Sequence[Path] = ()) -> str:
         "same eval sets and sampling seed for every arm of a seed), mean ± std over seeds.",
     ]
     lines += _table(results, domains)
+    lines += _paired(results)
     lines += _gains(results)
     lines += _verdict(results, domains)
     lines += _diagnostics(results, domains)
@@ -51,6 +52,40 @@ def _table(results: dict[str, Any], domains: Sequence[str]) -> list[str]:
     for arm, row in results["table"].items():
         cells = [_ms(row[d]) for d in domains] + [f"**{_ms(row['avg'])}**"]
         out.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _paired(results: dict[str, Any]) -> list[str]:
+    """Every arm against joint training, paired by seed, with bootstrap CIs: who beats it."""
+    paired = results.get("paired_vs_joint") or {}
+    if not paired:
+        return []
+    out = [
+        "",
+        "## Against joint training, paired by seed",
+        "",
+        "Difference of all-domain averages (arm - joint) per seed; every arm of a seed shares "
+        "the warm start, the eval set and the RL seed. Mean and bootstrap 95% CI over seeds.",
+        "",
+        "| arm | mean difference | 95% CI | seeds above joint |",
+        "|---|---|---|---|",
+    ]
+    for arm, p in paired.items():
+        lo, hi = p["ci95"]
+        mark = " (beats joint)" if p["beats"] else (" (loses to joint)" if p["loses"] else "")
+        out.append(
+            f"| {arm} | {p['mean']:+.4f}{mark} | [{lo:+.4f}, {hi:+.4f}] | "
+            f"{p['positive_seeds']}/{p['seeds']} |"
+        )
+    winners = [a for a, p in paired.items() if p["beats"]]
+    out.append("")
+    if winners:
+        out.append(f"Beats joint training with a CI that excludes 0: {', '.join(winners)}.")
+    else:
+        out.append(
+            "**No arm beats joint training with a CI that excludes 0** at this scale and "
+            "number of seeds."
+        )
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,47 @@ def _wins(per_seed: Mapping[Any, Mapping[str, Any]], arm: str, domains: Sequence
     if not diffs:
         return {}
     return {"wins": sum(d > 0 for d in diffs), "seeds": len(diffs), "diff": mean_std(diffs)}
+
+
+def bootstrap_ci(values: Sequence[float], reps: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of `values` (resampled with replacement)."""
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choice(values) for _ in range(n)) / n for _ in range(reps))
+    return means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
+
+
+def paired_differences(
+    per_seed: Mapping[Any, Mapping[str, Any]],
+    arms: Sequence[str],
+    domains: Sequence[str],
+    reference: str = "joint",
+) -> dict[str, dict[str, Any]]:
+    """Per arm: the all-domain average minus the reference arm's, paired by seed (same warm
+    start, eval set and RL seed), with its mean, a bootstrap 95% CI over seeds, and how many
+    seeds it was positive in. `beats` says whether the CI lies above 0."""
+    out = {}
+    for arm in arms:
+        if arm == reference:
+            continue
+        diffs = [
+            average(s["arms"][arm]["accuracy"], domains)
+            - average(s["arms"][reference]["accuracy"], domains)
+            for s in per_seed.values()
+            if arm in s["arms"] and reference in s["arms"]
+        ]
+        if not diffs:
+            continue
+        lo, hi = bootstrap_ci(diffs) if len(diffs) > 1 else (diffs[0], diffs[0])
+        out[arm] = {
+            "mean": sum(diffs) / len(diffs),
+            "ci95": [lo, hi],
+            "positive_seeds": sum(d > 0 for d in diffs),
+            "seeds": len(diffs),
+            "beats": len(diffs) > 1 and lo > 0,
+            "loses": len(diffs) > 1 and hi < 0,
+        }
+    return out
 
 
 def diagnostics(
@@ -180,6 +222,7 @@ def build_results(recipe, arms, compute, per_seed, opts) -> dict[str, Any]:
         },
         "table": table,
         "gains": gains(table, per_seed, domains),
+        "paired_vs_joint": paired_differences(per_seed, names, domains),
         "diagnostics": diagnostics(per_seed, names, domains),
         "orders": {str(seed): s.get("orders", []) for seed, s in per_seed.items()},
         "rank_correlation": rank_correlations(per_seed),

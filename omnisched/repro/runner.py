@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from omnisched.config.load import validate_recipe
 from omnisched.config.schema import Recipe
+from omnisched.domains import build_domain
+from omnisched.errors import ConfigError
 from omnisched.metrics.logger import read_metrics
 from omnisched.repro.arms import (
     ArmSpec,
@@ -25,8 +27,8 @@ from omnisched.repro.arms import (
     check_equal_compute,
     plan_arms,
 )
-from omnisched.schedule.planner import TransferModel, predict_final
-from omnisched.schedule.policies import estimate_transfer
+from omnisched.schedule.estimate import fit
+from omnisched.schedule.planner import Estimate, predict_final
 from omnisched.schedule.prediction import prediction_error
 from omnisched.schedule.state import Evaluation, SchedulerState
 
@@ -36,11 +38,12 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ReproOptions:
-    seeds: int = 3
+    seeds: int = 5
     quick: bool = False
     all_orders: bool = False
     merge_scale: float = 1.0  # lambda of task arithmetic and TIES
     ties_density: float = 0.2  # fraction of each task vector TIES keeps
+    arms: tuple[str, ...] | None = None  # a subset of the arms (base and joint always run)
 
 
 # ---- recipes ----------------------------------------------------------------------------------
@@ -52,15 +55,18 @@ def quick_recipe(recipe: Recipe) -> Recipe:
 
 
 def run_recipe(recipe: Recipe, run: RunSpec, seed: int, order: Sequence[str] | None) -> Recipe:
-    """The recipe of one run: its policy, order, phase count and seed; no probe phases."""
+    """The recipe of one run: its policy, order, phase count and RL seed. The data seed stays
+    the recipe's, so every run shares one warm start and one eval set; probe phases stay on
+    for the bwt arm only (they are paid from its own phases' steps)."""
     data = recipe.model_dump(mode="json")
     data["run"]["seed"] = seed
+    data["run"]["data_seed"] = recipe.data_seed
     data["run"]["name"] = f"{recipe.run.name}-{run.name}-s{seed}"
     data["schedule"].update(
         policy=run.policy,
         order=list(order) if order is not None else None,
         phases=run.phases,
-        probe_steps=0,
+        probe_steps=recipe.schedule.probe_steps if run.policy == "bwt" else 0,
     )
     return validate_recipe(data, source=f"run {run.name}")
 
@@ -117,11 +123,10 @@ def evaluate_model(recipe: Recipe, model_dir: Path, out_dir: Path, label: str) -
 def base_model_folder(recipe: Recipe, scratch: Path) -> Path:
     """The warm-started model folder of this seed. Called after a run of the same seed, so the
     SFT cache hits and no training happens (on a miss SFT would run inline, in this process)."""
-    from omnisched.domains import build_domain
     from omnisched.orchestration import sft
     from omnisched.orchestration.backend import InlineBackend
 
-    domains = {d.name: build_domain(d, recipe.run.seed) for d in recipe.domains}
+    domains = {d.name: build_domain(d, recipe.data_seed) for d in recipe.domains}
     scratch.mkdir(parents=True, exist_ok=True)
     return Path(sft.warm_start(recipe, domains, InlineBackend(), scratch))
 
@@ -212,13 +217,15 @@ def online_prediction_mae(state: SchedulerState) -> list[float]:
 def predicted_orders(
     bwt_state: SchedulerState, orders: Sequence[Sequence[str]], steps_per_phase: int
 ) -> list[dict[str, float]]:
-    """Post-hoc planner predictions for whole orders started from the base model, using the
-    transfer D and trained levels the bwt arm measured (predict_final, additive assumption)."""
-    fitted = estimate_transfer(bwt_state, steps_per_phase)
+    """Post-hoc planner predictions for whole orders started from the base model: the model
+    fitted to everything the bwt arm measured (`estimate.fit`), rewound to the baseline's
+    accuracies, with no fresh skill and the baseline's entropy."""
+    fitted = fit(bwt_state, steps_per_phase)
     assert bwt_state.baseline is not None
-    model = TransferModel(
-        current=dict(bwt_state.baseline.accuracy), level=fitted.level, transfer=fitted.transfer
-    )
+    base = dict(bwt_state.baseline.accuracy)
+    ceilings = {d: fitted.current[d] + fitted.headroom[d].mean for d in base}
+    headroom = {d: Estimate(max(ceilings[d] - base[d], 0.0), fitted.headroom[d].var) for d in base}
+    model = replace(fitted, current=base, headroom=headroom, fresh={}, entropy=1.0)
     return [predict_final(order, model) for order in orders]
 
 
@@ -336,7 +343,8 @@ def reproduce(recipe: Recipe, out: Path, opts: ReproOptions, say: Say = log.info
         recipe = quick_recipe(recipe)
     seeds = [recipe.run.seed + i for i in range(1 if opts.quick else opts.seeds)]
     domains = [d.name for d in recipe.domains]
-    arms = plan_arms(domains, opts.all_orders)
+    kinds = {d.name: build_domain(d, recipe.data_seed).kind for d in recipe.domains}
+    arms = select_arms(plan_arms(domains, opts.all_orders, kinds), opts.arms)
     s = recipe.schedule
     compute = arm_compute(
         arms,
@@ -359,6 +367,19 @@ def reproduce(recipe: Recipe, out: Path, opts: ReproOptions, say: Say = log.info
         results = build_results(recipe, arms, compute, per_seed, opts)
         write_outputs(out, results)
     return out / "report.md"
+
+
+def select_arms(arms: list[ArmSpec], names: Sequence[str] | None) -> list[ArmSpec]:
+    """`arms` restricted to `names` (plus base and joint, which every comparison needs, and
+    bwt when reverse is asked for); one line naming unknown arms."""
+    if not names:
+        return arms
+    known = [a.name for a in arms]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"--arms: unknown arm(s) {unknown}; known: {', '.join(known)}")
+    keep = {"base", "joint", *names} | ({"bwt"} if "reverse" in names else set())
+    return [a for a in arms if a.name in keep]
 
 
 def _yaml(recipe: Recipe) -> str:
