@@ -44,6 +44,7 @@ def run(
 ) -> None:
     """Train with a recipe; writes metrics, checkpoints, scheduler state and report.md."""
     from omnisched.config import load_recipe
+    from omnisched.preflight import check_runnable
 
     try:
         if resume is not None:
@@ -61,6 +62,7 @@ def run(
         if recipe is None:
             raise OmniError("give a RECIPE (e.g. recipes/tiny.yaml) or --resume RUN_DIR")
         cfg = load_recipe(recipe, overrides or [])
+        check_runnable(cfg)  # what `run` would refuse: refused here, the same words, by both
         if dry_run:
             import yaml
 

@@ -1,15 +1,21 @@
 """Hybrid reward: a domain's verifiers and judges, weighted, gated and normalised to [0, 1].
 
-total = sum_i(w_i * r_i) / sum_i(w_i), each r_i in [0, 1]. A component with `gate: other` is
-evaluated only where `other` scored >= `gate_threshold` (so a judge is not paid for a sample
-that failed its format check); elsewhere it takes `gate_fail`, or, when `gate_fail` is None,
-the sample's total is 0. A judge verdict marked `dropped` (`fallback: drop`) carries no signal:
-it is replaced by the mean of the judge's other verdicts in the same GRPO group (`group_ids`), so
-it moves no advantage, and the sample is flagged in `ScoredBatch.dropped`.
+total = sum_i(w_i * r_i) / sum_i(w_i), each r_i in [0, 1], over the components that apply to
+the sample: a verifier that returns None ("does not apply", as TRL) is left out of that
+sample's mean (counted as `<component>/not_applicable`); none applying gives 0. A component
+with `gate: other` is evaluated only where `other` scored >= `gate_threshold` (so a judge is
+not paid for a sample that failed its format check); elsewhere it takes `gate_fail`, or, when
+`gate_fail` is None, the sample's total is 0. A judge verdict marked `dropped` (`fallback:
+drop`) carries no signal: it is replaced by the mean of the judge's other verdicts in the same
+GRPO group (`group_ids`), so it moves no advantage, and the sample is flagged in
+`ScoredBatch.dropped`. A verifier that raises or times out on an item scores it 0 and is
+counted (`<component>/errors`, `/timeouts`, of `/items`), with one log line per component.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +23,8 @@ from typing import Any
 
 from omnisched.config.schema import RewardComponent
 from omnisched.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +85,7 @@ class RewardScorer:
         self.order = evaluation_order(self.components)
         self.max_workers = max_workers
         self.timeout = timeout
+        self._warned: set[str] = set()
         self._fns: dict[str, Any] = {}
         for comp in self.components:
             if comp.verifier is not None:
@@ -179,15 +188,35 @@ class RewardScorer:
             fn, completions, cols, max_workers=self.max_workers, timeout=self.timeout
         )
         why = [getattr(s, "reason", None) for s in scores]
-        return [float(s) for s in scores], why, [False] * n, {}
+        failures = [getattr(s, "failure", None) for s in scores]
+        counts = {
+            "not_applicable": sum(math.isnan(float(s)) for s in scores),
+            "errors": failures.count("error"),
+            "timeouts": failures.count("timeout"),
+            "items": n,
+        }
+        self._warn_once(comp, scores)
+        return [float(s) for s in scores], why, [False] * n, counts
+
+    def _warn_once(self, comp: RewardComponent, scores: Sequence[Any]) -> None:
+        """One log line per component the first time its verifier fails on an item."""
+        failed = [s for s in scores if getattr(s, "failure", None)]
+        if failed and comp.key not in self._warned:
+            self._warned.add(comp.key)
+            log.warning(
+                "reward component '%s': the verifier failed on %d of %d items (%s); counted as "
+                "reward/<domain>/%s/errors|timeouts, scored 0",
+                comp.key, len(failed), len(scores), failed[0].reason, comp.key,
+            )  # fmt: skip
 
     def _total(self, parts: dict[str, _Part], zeroed: list[bool], n: int) -> list[float]:
-        weight_sum = sum(c.weight for c in self.components) or 1.0
-        total = [0.0] * n
+        total, weights = [0.0] * n, [0.0] * n
         for comp in self.components:
             for i, value in enumerate(parts[comp.key].values):
-                total[i] += comp.weight * value / weight_sum
-        return [0.0 if zeroed[i] else total[i] for i in range(n)]
+                if not math.isnan(value):  # None from a verifier: does not apply here
+                    total[i] += comp.weight * value
+                    weights[i] += comp.weight
+        return [0.0 if zeroed[i] or weights[i] == 0 else total[i] / weights[i] for i in range(n)]
 
     def _reasons(self, parts: dict[str, _Part], n: int) -> list[str | None]:
         """Per sample, the first component (in recipe order) that fell short, and why."""

@@ -82,7 +82,7 @@ def _score_one(fn: Callable[..., list[Any]], item: Item) -> Score:
             raise ValueError(f"returned {len(out)} scores for 1 completion")
         return as_score(out[0])
     except Exception as exc:
-        return Score(0.0, f"verifier raised {type(exc).__name__}: {exc}"[:300])
+        return Score(0.0, f"verifier raised {type(exc).__name__}: {exc}"[:300], "error")
 
 
 def _on_threads(
@@ -110,7 +110,7 @@ def _on_threads(
         except queue.Empty:
             now = time.monotonic()
             for i in [i for i, deadline in running.items() if now >= deadline]:
-                results[i] = Score(0.0, f"timed out after {timeout:g}s")
+                results[i] = Score(0.0, f"timed out after {timeout:g}s", "timeout")
                 del running[i]
                 log.warning("verifier %r: item %d timed out; its thread is abandoned", fn, i)
-    return [r if r is not None else Score(0.0, "not scored") for r in results]
+    return [r if r is not None else Score(0.0, "not scored", "error") for r in results]

@@ -98,9 +98,9 @@ class WorkerPool:
                 if worker.conn in ready:
                     results[i] = self._receive(worker)  # type: ignore[index]
                 elif time.monotonic() >= worker.deadline:
-                    results[i] = Score(0.0, f"timed out after {timeout:g}s")  # type: ignore[index]
+                    results[i] = Score(0.0, f"timed out after {timeout:g}s", "timeout")  # type: ignore[index]
                     self._replace(worker)
-        return [r if r is not None else Score(0.0, "not scored") for r in results]
+        return [r if r is not None else Score(0.0, "not scored", "error") for r in results]
 
     def _receive(self, worker: _Worker) -> Score:
         try:
@@ -108,9 +108,9 @@ class WorkerPool:
         except (EOFError, OSError):
             code = worker.proc.exitcode
             self._replace(worker)
-            return Score(0.0, f"reward worker died (exit code {code})")
+            return Score(0.0, f"reward worker died (exit code {code})", "error")
         worker.index = None
-        return value if status == "ok" else Score(0.0, f"verifier raised {value}")
+        return value if status == "ok" else Score(0.0, f"verifier raised {value}", "error")
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()

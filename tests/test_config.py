@@ -130,3 +130,65 @@ def test_unknown_reward_gate_fails_at_load(tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ConfigError, match=r"domains\.3\.reward: .*gate 'fmt'"):
         load_recipe(path)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "omnisched.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+REFUSED = [
+    # placements the controller cannot start, each with the field it names
+    (["placement.learner_workers=2", "learner.backend=deepspeed", "ray.enabled=false"],
+     "placement.learner_workers=2 needs ray.enabled: true"),
+    (["rollout.weight_sync=broadcast", "ray.enabled=false"],
+     "rollout.weight_sync: broadcast needs ray.enabled: true"),
+    (["rollout.num_workers=1", "rollout.gpus_per_worker=1", "placement.learner_gpus_per_worker=1",
+      "placement.colocate=true"], "placement.colocate with GPUs"),
+    # data that does not exist
+    (["domains=[{name: d, type: data, options: {path: /nonexistent/d.jsonl},"
+      " reward: [{verifier: exact_match}]}]"], "data file not found: /nonexistent/d.jsonl"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "needle"), REFUSED)
+def test_dry_run_refuses_what_run_refuses_with_the_same_line(tmp_path, overrides, needle):
+    recipe = str(ROOT / "recipes/tiny.yaml")
+    out = [f"run.output_dir={tmp_path / 'runs'}"]
+    real = _run_cli(recipe, *overrides, *out)
+    dry = _run_cli(recipe, *overrides, *out, "--dry-run")
+    assert real.returncode == dry.returncode == 2
+    assert needle in real.stderr and real.stderr.strip() == dry.stderr.strip()
+    assert len(real.stderr.strip().splitlines()) == 1 and "Traceback" not in real.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was created
+
+
+def test_verifier_options_are_checked_against_its_signature(tmp_path):
+    recipe = yaml.safe_load((ROOT / "recipes" / "tiny.yaml").read_text())
+    recipe["domains"][0]["reward"] = [{"verifier": "length", "options": {"max_lenght": 10}}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(
+        ConfigError,
+        match=r"domains\.0\.reward\.0\.options: verifier 'length' has no option\(s\) "
+        r"\['max_lenght'\]; it takes: max_length, buffer",
+    ):
+        load_recipe(path)
+    recipe["domains"][0]["reward"] = [{"verifier": "length", "options": {"max_length": 10}}]
+    path.write_text(yaml.safe_dump(recipe))
+    assert load_recipe(path).domains[0].reward[0].options == {"max_length": 10}
+
+
+def test_a_set_up_error_leaves_no_run_directory(tmp_path):
+    from omnisched.orchestration.backend import InlineBackend
+    from omnisched.orchestration.controller import Controller
+
+    recipe = load_recipe(ROOT / "recipes/tiny.yaml", [f"model.path={tmp_path / 'missing'}"])
+    run_dir = tmp_path / "run"
+    with pytest.raises(Exception, match="is not an HF model folder"):
+        Controller(recipe, run_dir).run(InlineBackend())
+    assert not run_dir.exists()

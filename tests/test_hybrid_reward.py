@@ -53,7 +53,12 @@ def test_total_is_the_weighted_mean_of_components():
     assert out.components == {"exact_match": [1.0, 0.0], "test_table": [0.9, 0.4]}
     assert out.total == pytest.approx([(3 * 1 + 0.9) / 4, 0.4 / 4])
     assert out.reasons[0] == "test_table: table" and out.reasons[1].startswith("exact_match:")
-    assert out.counters == {"test_table/fallbacks": 0} and out.dropped == [False, False]
+    assert out.counters == {
+        "test_table/fallbacks": 0,
+        **{f"exact_match/{k}": 0 for k in ("errors", "timeouts", "not_applicable")},
+        "exact_match/items": 2,
+    }
+    assert out.dropped == [False, False]
 
 
 def test_hard_gate_zeroes_the_total_and_skips_the_judge():

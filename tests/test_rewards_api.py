@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import pickle
 import threading
@@ -168,3 +169,49 @@ def test_length_reward_is_a_soft_overlong_penalty() -> None:
 def test_exact_match() -> None:
     out = rewards.get("exact_match")(["The Cat.\nmore", "dog"], answer=["cat", "cat"])
     assert [float(s) for s in out] == [1.0, 0.0]
+
+
+def none_for_b(completions: list[str], **_: object) -> list[float | None]:
+    return [None if c == "b" else 1.0 for c in completions]
+
+
+def test_verifier_failures_are_counted_per_component_and_can_stop_a_run(caplog) -> None:
+    """A verifier that raises or crashes is not a low reward: its items are counted as errors
+    (one log line per component), and a step where it fails on more than
+    reward.max_error_rate of its items stops the run with one line."""
+    from omnisched.config.schema import RewardComponent
+    from omnisched.errors import OmniError
+    from omnisched.orchestration.sampler import check_failures
+    from omnisched.scoring import RewardScorer
+
+    rewards.VERIFIERS.add("test_crashy", crash_on_crash, replace=True)
+    scorer = RewardScorer([RewardComponent(verifier="test_crashy", name="v")], max_workers=2)
+    with caplog.at_level("WARNING"):
+        out = scorer.score(["p"] * 4, ["ok", "raise", "ok", "crash"], {})
+        scorer.score(["p"], ["raise"], {})
+    assert out.total == [1.0, 0.0, 1.0, 0.0]
+    assert out.counters["v/errors"] == 2 and out.counters["v/items"] == 4
+    assert out.counters["v/timeouts"] == 0
+    assert sum("reward component 'v'" in r.message for r in caplog.records) == 1
+    check_failures("d", out.counters, 0.5)  # 2 of 4: not more than half
+    with pytest.raises(OmniError, match=r"^domain 'd', reward component 'v': .* 2 of 4 items"):
+        check_failures("d", out.counters, 0.25)
+
+
+def test_none_means_does_not_apply_and_leaves_the_component_out_of_the_mean() -> None:
+    """TRL's convention: a reward function returns None where it does not apply."""
+    from omnisched.config.schema import RewardComponent
+    from omnisched.scoring import RewardScorer
+
+    rewards.VERIFIERS.add("test_none_for_b", none_for_b, replace=True)
+    comps = [
+        RewardComponent(verifier="test_none_for_b", name="n", weight=3.0),
+        RewardComponent(verifier="exact_match", weight=1.0),
+    ]
+    out = RewardScorer(comps).score(["p", "p"], ["a", "b"], {"answer": ["a", "x"]})
+    # a: (3 * 1 + 1 * 1) / 4; b: n does not apply, so only exact_match counts: 0 / 1
+    assert out.total == pytest.approx([1.0, 0.0])
+    out = RewardScorer(comps).score(["p", "p"], ["a", "b"], {"answer": ["x", "b"]})
+    assert out.total == pytest.approx([0.75, 1.0])  # b: exact match alone, full marks
+    assert out.counters["n/not_applicable"] == 1
+    assert math.isnan(out.components["n"][1])

@@ -35,7 +35,9 @@ def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
-    _check_plugin_names(recipe, source)
+    from omnisched.preflight import check_plugins  # the plugin packages load lazily
+
+    check_plugins(recipe, source)
     return recipe
 
 
@@ -86,67 +88,6 @@ def format_validation_error(exc: ValidationError) -> str:
             msg = f"{msg} (got {err['input']!r})"
         problems.append(f"{loc}: {msg}")
     return "; ".join(problems)
-
-
-def _check_plugin_names(recipe: Recipe, source: str) -> None:
-    """Unknown domain types, policies, engines, learners or verifiers fail at load time."""
-    from omnisched.domains import DOMAIN_TYPES
-    from omnisched.schedule.policies import POLICIES
-
-    for i, dom in enumerate(recipe.domains):
-        if dom.type not in DOMAIN_TYPES:
-            raise ConfigError(
-                f"{source}: domains.{i}.type: unknown domain type '{dom.type}'; "
-                f"known: {', '.join(DOMAIN_TYPES.names())}"
-            )
-    if recipe.schedule.policy not in POLICIES:
-        raise ConfigError(
-            f"{source}: schedule.policy: unknown policy '{recipe.schedule.policy}'; "
-            f"known: {', '.join(POLICIES.names())}"
-        )
-    import judges
-    import rewards
-    from omnisched.learner import LEARNERS
-    from omnisched.rollout import ENGINES
-
-    checks = [
-        ("rollout.backend", recipe.rollout.backend, ENGINES),
-        ("learner.backend", recipe.learner.backend, LEARNERS),
-    ]
-    for i, dom in enumerate(recipe.domains):
-        for k, comp in enumerate(dom.reward or []):
-            if comp.verifier is not None:
-                checks.append(
-                    (f"domains.{i}.reward.{k}.verifier", comp.verifier, rewards.VERIFIERS)
-                )
-            else:
-                checks.append((f"domains.{i}.reward.{k}.judge", comp.judge, judges.JUDGES))
-    for field, name, registry in checks:
-        if name not in registry:
-            raise ConfigError(
-                f"{source}: {field}: unknown {registry.kind} '{name}'; "
-                f"known: {', '.join(registry.names())}"
-            )
-    import inspect
-
-    from omnisched.scoring import evaluation_order
-
-    for i, dom in enumerate(recipe.domains):
-        for k, comp in enumerate(dom.reward or []):
-            if comp.judge is None:
-                continue
-            try:  # judge options are constructor keywords: a typo fails here, not in a worker
-                inspect.signature(judges.get(comp.judge)).bind(**comp.options)
-            except TypeError as exc:
-                raise ConfigError(
-                    f"{source}: domains.{i}.reward.{k}.options: judge '{comp.judge}': {exc}"
-                ) from None
-
-    for i, dom in enumerate(recipe.domains):
-        try:  # duplicate component names, unknown gates, gate cycles
-            evaluation_order(dom.reward or [])
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: domains.{i}.reward: {exc}") from None
 
 
 def _one_line(text: str) -> str:

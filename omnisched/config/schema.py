@@ -239,6 +239,18 @@ class EvalConfig(Strict):
     samples: int = Field(4, ge=1, description="completions per eval prompt")
 
 
+class RewardConfig(Strict):
+    """How reward failures are handled (a verifier that raises or times out scores 0)."""
+
+    max_error_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="a run stops, naming the domain and component, when a verifier fails "
+        "(raises, times out) on more than this fraction of one step's items",
+    )
+
+
 class RayConfig(Strict):
     enabled: bool = Field(True, description="False runs every worker inside the driver, no Ray")
     address: str | None = Field(None, description="None starts a local Ray in-process")
@@ -282,6 +294,7 @@ class Recipe(Strict):
     learner: LearnerConfig = LearnerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
+    reward: RewardConfig = RewardConfig()
     ray: RayConfig = RayConfig()
     placement: PlacementConfig = PlacementConfig()
 

@@ -11,6 +11,7 @@ The pieces it drives each have a module: `sft.warm_start`, `RolloutPool`, `Rewar
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -172,9 +173,15 @@ class Controller:
         r = self.recipe
         t_start = time.perf_counter()
         owned = backend is None
+        fresh = not self.run_dir.exists()
         backend = make_backend(r.ray) if backend is None else backend
         try:
-            self.setup(backend)
+            try:
+                self.setup(backend)
+            except BaseException:
+                if fresh:  # a set-up error leaves no half-made run directory behind
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise
             sched = self.scheduler.state()
             if sched.baseline is None:
                 self.scheduler.record_baseline(self.evaluate("base"))

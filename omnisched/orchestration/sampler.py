@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from omnisched.config.schema import Recipe
 from omnisched.domains import Domain
+from omnisched.errors import OmniError
 from omnisched.orchestration.groups import Group
 from omnisched.orchestration.reward_pool import RewardPool
 from omnisched.orchestration.rollout_pool import RolloutPool
@@ -42,6 +43,22 @@ def scaled_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
     mean = sum(rewards) / n
     std = (sum((r - mean) ** 2 for r in rewards) / max(n - 1, 1)) ** 0.5
     return [0.0 if std == 0 else (r - mean) / (std + eps) for r in rewards]
+
+
+def check_failures(domain: str, counts: dict[str, int], max_rate: float) -> None:
+    """Stop the run (one line) when a component's verifier failed on more than `max_rate` of
+    the items it scored: a broken verifier must not pass for a low reward."""
+    for key, items in counts.items():
+        if not key.endswith("/items") or not items:
+            continue
+        comp = key.removesuffix("/items")
+        failed = counts.get(f"{comp}/errors", 0) + counts.get(f"{comp}/timeouts", 0)
+        if failed > max_rate * items:
+            raise OmniError(
+                f"domain '{domain}', reward component '{comp}': the verifier failed (raised or "
+                f"timed out) on {failed} of {items} items in one step, more than "
+                f"reward.max_error_rate={max_rate:g}; the reasons are in the run's log"
+            )
 
 
 @dataclass
@@ -70,7 +87,9 @@ class RolloutBatch:
             for comp in groups[0].components:
                 vals = [v for g in groups for v in g.components[comp]]
                 out[f"reward/{dom}/{comp}"] = sum(vals) / len(vals)
-        out.update({f"judge/{k}": v for k, v in self.counters.items() if v})
+        out.update(
+            {f"reward/{k}": v for k, v in self.counters.items() if v and not k.endswith("/items")}
+        )
         rewards = [r for g in self.drawn for r in g.rewards]
         out["reward/mean"] = sum(rewards) / max(len(rewards), 1)
         drawn = Counter(g.domain for g in self.drawn)
@@ -154,6 +173,7 @@ class GroupSampler:
         t1 = time.perf_counter()
         for dom in dict.fromkeys(g.domain for g in groups):
             counts = self.rewards.score(dom, [g for g in groups if g.domain == dom])
+            check_failures(dom, counts, self.recipe.reward.max_error_rate)
             for name, count in counts.items():
                 key = f"{dom}/{name}"
                 batch.counters[key] = batch.counters.get(key, 0) + count
