@@ -92,7 +92,7 @@ def report(
     from omnisched.schedule.state import SchedulerState
 
     if (run_dir / "results.json").is_file():
-        from omnisched.repro.results import refresh_outputs
+        from omnisched.repro.report import refresh_outputs
 
         typer.echo(str(refresh_outputs(run_dir)))
         return

@@ -109,7 +109,7 @@ def test_the_ray_driver_does_not_load_torch():
         "import sys, omnisched.cli, omnisched.orchestration.controller as c\n"
         "from omnisched.config import load_recipe\n"
         "load_recipe('recipes/tiny.yaml')\n"
-        "from omnisched.model.cache import train_in_worker\n"
+        "from omnisched.orchestration.sft import train_in_worker\n"
         "from omnisched.orchestration.workers import LearnerWorker, RolloutWorker\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )

@@ -17,13 +17,13 @@ from omnisched.repro.arms import (
     check_equal_compute,
     plan_arms,
 )
+from omnisched.repro.report import write_outputs
 from omnisched.repro.results import (
     arm_table,
     build_results,
     gains,
     mean_std,
     relative_gain,
-    write_outputs,
 )
 from omnisched.repro.runner import (
     ReproOptions,

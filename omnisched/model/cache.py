@@ -3,7 +3,8 @@
 The cache key hashes everything that changes the result (model shape, SFT settings, seed, the
 demonstrations, a format version), so a second run of the same recipe skips training. The Ray
 driver calls `resolve` to learn whether SFT must run at all; the training itself runs in a
-short-lived worker process whose memory goes back to the OS when it exits.
+short-lived worker process whose memory goes back to the OS when it exits
+(`omnisched.orchestration.sft`).
 """
 
 from __future__ import annotations
@@ -41,13 +42,3 @@ def resolve(model_cfg: ModelConfig, demos: Sequence[Demo], seed: int) -> tuple[P
     cache = Path(model_cfg.warm_start.cache_dir).expanduser()
     target = cache / f"tiny-{cache_key(model_cfg, demos, seed)}"
     return target, (target / "config.json").is_file()
-
-
-def train_in_worker(
-    model_cfg: ModelConfig, demos: Sequence[Demo], seed: int, threads: int, progress_path: str
-) -> str:
-    """Entry point of the warm-start task. Defined here, in a torch-free module, so the driver
-    can hand it to Ray without importing torch itself; torch loads in the worker process."""
-    from omnisched.model.warm_start import warm_start_task
-
-    return warm_start_task(model_cfg, demos, seed, threads, progress_path)

@@ -53,7 +53,7 @@ def warm_start(
     log_path.unlink(missing_ok=True)
     r = recipe
     future = backend.submit(
-        model_cache.train_in_worker, r.model, demos, r.data_seed, r.run.threads, str(log_path)
+        train_in_worker, r.model, demos, r.data_seed, r.run.threads, str(log_path)
     )
     seen = 0
     while True:
@@ -67,3 +67,13 @@ def warm_start(
             path = backend.gather([future])[0]
             release_freed_memory()  # inline: the SFT model and optimizer are garbage now
             return path
+
+
+def train_in_worker(
+    model_cfg: Any, demos: list[tuple[str, str]], seed: int, threads: int, progress_path: str
+) -> str:
+    """Entry point of the warm-start task. Defined in this torch-free module, so the driver can
+    hand it to Ray without importing torch itself; torch loads in the worker process."""
+    from omnisched.model.warm_start import warm_start_task
+
+    return warm_start_task(model_cfg, demos, seed, threads, progress_path)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omnisched.repro.results import CURRICULUM, GAIN_FORMULA
+from omnisched.repro.results import CURRICULUM, GAIN_FORMULA, online_predictions
 
 
 def render_report(results: dict[str, Any], plots: Sequence[Path] = ()) -> str:
@@ -271,3 +272,35 @@ def _method(results: dict[str, Any]) -> list[str]:
         "- Evaluation is not counted as RL compute; the curriculum and joint runs evaluate after "
         "every phase (the bwt policy uses those measurements to decide), each merge once.",
     ]
+
+
+# ---- files ------------------------------------------------------------------------------------
+def refresh_outputs(out: Path) -> Path:
+    """Regenerate a reproduction's report.md and plots from its results.json, filling in the
+    online prediction errors from the runs' scheduler states when results.json predates them."""
+    from omnisched.schedule.prediction import online_prediction_mae
+    from omnisched.schedule.state import SchedulerState
+
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    for seed, arms in results["per_seed"].items():
+        for arm, rec in arms.items():
+            state_path = out / f"seed-{seed}" / arm / "scheduler_state.json"
+            if "online_prediction_mae" not in rec and state_path.is_file():
+                state = SchedulerState.load(state_path)
+                rec["online_prediction_mae"] = online_prediction_mae(state)
+    per_seed = {seed: {"arms": arms} for seed, arms in results["per_seed"].items()}
+    results["online_prediction_mae"] = online_predictions(per_seed)
+    return write_outputs(out, results)
+
+
+def write_outputs(out: Path, results: dict[str, Any]) -> Path:
+    """results.json, the plots and report.md in `out`; returns the report's path."""
+    from omnisched.repro.plots import write_plots
+
+    out = Path(out)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plots = write_plots(out, results)
+    path = out / "report.md"
+    path.write_text(render_report(results, plots))
+    return path

@@ -8,11 +8,9 @@ with each average the mean over seeds of the per-seed mean over domains.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from omnisched.schedule.prediction import order_rank_correlation
@@ -229,35 +227,3 @@ def build_results(recipe, arms, compute, per_seed, opts) -> dict[str, Any]:
         "online_prediction_mae": online_predictions(per_seed),
         "per_seed": {str(seed): s["arms"] for seed, s in per_seed.items()},
     }
-
-
-def refresh_outputs(out: Path) -> Path:
-    """Regenerate a reproduction's report.md and plots from its results.json, filling in the
-    online prediction errors from the runs' scheduler states when results.json predates them."""
-    from omnisched.repro.runner import online_prediction_mae
-    from omnisched.schedule.state import SchedulerState
-
-    out = Path(out)
-    results = json.loads((out / "results.json").read_text())
-    for seed, arms in results["per_seed"].items():
-        for arm, rec in arms.items():
-            state_path = out / f"seed-{seed}" / arm / "scheduler_state.json"
-            if "online_prediction_mae" not in rec and state_path.is_file():
-                state = SchedulerState.load(state_path)
-                rec["online_prediction_mae"] = online_prediction_mae(state)
-    per_seed = {seed: {"arms": arms} for seed, arms in results["per_seed"].items()}
-    results["online_prediction_mae"] = online_predictions(per_seed)
-    return write_outputs(out, results)
-
-
-def write_outputs(out: Path, results: dict[str, Any]) -> Path:
-    """results.json, the plots and report.md in `out`; returns the report's path."""
-    from omnisched.repro.plots import write_plots
-    from omnisched.repro.report import render_report
-
-    out = Path(out)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    plots = write_plots(out, results)
-    path = out / "report.md"
-    path.write_text(render_report(results, plots))
-    return path

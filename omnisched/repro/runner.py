@@ -29,7 +29,7 @@ from omnisched.repro.arms import (
 )
 from omnisched.schedule.estimate import fit
 from omnisched.schedule.planner import Estimate, predict_final
-from omnisched.schedule.prediction import prediction_error
+from omnisched.schedule.prediction import online_prediction_mae
 from omnisched.schedule.state import Evaluation, SchedulerState
 
 log = logging.getLogger(__name__)
@@ -201,19 +201,6 @@ def run_record(state: SchedulerState, run_dir: Path, group: int) -> dict[str, An
     }
 
 
-def online_prediction_mae(state: SchedulerState) -> list[float]:
-    """MAE of each decision's predicted final accuracies (made online, when the phase was
-    chosen) against the accuracies measured at the end; empty when the policy predicts none."""
-    final = state.current()
-    if final is None:
-        return []
-    return [
-        float(prediction_error(p.predicted_final, final.accuracy)["mae"])
-        for p in state.phases
-        if p.predicted_final
-    ]
-
-
 def predicted_orders(
     bwt_state: SchedulerState, orders: Sequence[Sequence[str]], steps_per_phase: int
 ) -> list[dict[str, float]]:
@@ -337,7 +324,8 @@ def _order_check(recipe: Recipe, states: dict[str, SchedulerState], records: dic
 # ---- the whole reproduction -------------------------------------------------------------------
 def reproduce(recipe: Recipe, out: Path, opts: ReproOptions, say: Say = log.info) -> Path:
     """Run every arm for every seed at equal compute; write results.json, report.md, plots."""
-    from omnisched.repro.results import build_results, write_outputs
+    from omnisched.repro.report import write_outputs
+    from omnisched.repro.results import build_results
 
     if opts.quick:
         recipe = quick_recipe(recipe)

@@ -8,6 +8,10 @@ the rank agreement between predicted and measured quality across several orders.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omnisched.schedule.state import SchedulerState
 
 
 def prediction_error(
@@ -65,3 +69,16 @@ def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
 def _mean(xs) -> float:
     xs = list(xs)
     return sum(xs) / len(xs)
+
+
+def online_prediction_mae(state: SchedulerState) -> list[float]:
+    """MAE of each decision's predicted final accuracies (made online, when the phase was
+    chosen) against the accuracies measured at the end; empty when the policy predicts none."""
+    final = state.current()
+    if final is None:
+        return []
+    return [
+        float(prediction_error(p.predicted_final, final.accuracy)["mae"])  # type: ignore[arg-type]
+        for p in state.phases
+        if p.predicted_final
+    ]
