@@ -62,7 +62,11 @@ class ModelConfig(Strict):
     path: str | None = Field(None, description="an HF causal-LM folder; None builds the tiny model")
     tiny: TinyModelConfig = TinyModelConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="rollout engines' weights and the warm start's autocast; auto = bfloat16 "
+        "where the hardware runs it natively (GPU, CPU with AVX512-BF16 or AMX), else float32",
+    )
 
 
 class RewardComponent(Strict):
@@ -206,7 +210,10 @@ class LearnerConfig(Strict):
     adv_eps: float = Field(1e-4, gt=0, description="A = (r - mean) / (std + adv_eps), as TRL")
     ppo_epochs: int = Field(1, ge=1)
     micro_batch_size: int = Field(64, ge=1)
-    bf16: bool = True
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="bf16 autocast in the learner; auto = where the hardware runs it natively",
+    )
     grad_alignment: bool = Field(
         False,
         description="measure the cosine between domains' policy gradients each step (on the "

@@ -38,6 +38,7 @@ from omnisched.learner.step import (
     sample_logprobs,
     step_metrics,
 )
+from omnisched.model.precision import resolve_bf16
 
 if not torch.cuda.is_available():  # deepspeed picks its accelerator when first imported
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -108,7 +109,8 @@ class DeepSpeedLearner:
         max_completion_len: int | None = None,
         temperature: float = 1.0,
     ) -> None:
-        self.cfg = cfg
+        self.cfg = cfg.model_copy(update={"bf16": resolve_bf16(cfg.bf16)})  # "auto" resolved
+        cfg = self.cfg
         self.pad_token_id = pad_token_id
         self.max_completion_len = max_completion_len
         self.temperature = temperature

@@ -30,6 +30,7 @@ from omnisched.learner.step import (
     sample_logprobs,
     step_metrics,
 )
+from omnisched.model.precision import resolve_bf16
 
 
 class TorchLearner:
@@ -50,7 +51,8 @@ class TorchLearner:
         temperature: float = 1.0,
     ) -> None:
         self.model = model
-        self.cfg = cfg
+        self.cfg = cfg.model_copy(update={"bf16": resolve_bf16(cfg.bf16)})  # "auto" resolved
+        cfg = self.cfg
         self.pad_token_id = pad_token_id
         self.max_completion_len = max_completion_len
         self.temperature = temperature

@@ -22,9 +22,17 @@ Demo = tuple[str, str]
 
 
 def cache_key(model_cfg: ModelConfig, demos: Sequence[Demo], seed: int) -> str:
-    """Hash of (format version, tiny config, warm-start config minus cache_dir, seed, demos)."""
+    """Hash of (format version, tiny config, warm-start config minus cache_dir, seed, demos, and
+    the SFT's precision where it is not bfloat16)."""
     sft_cfg = model_cfg.warm_start.model_dump(mode="json", exclude={"cache_dir"})
     meta = {"v": FORMAT_VERSION, "tiny": model_cfg.tiny.model_dump(), "sft": sft_cfg, "seed": seed}
+    if model_cfg.dtype != "bfloat16":  # autocast precision (older keys: bfloat16 always)
+        precision = model_cfg.dtype
+        if precision == "auto":
+            from omnisched.model.precision import cpu_has_native_bf16
+
+            precision = "auto-bf16" if cpu_has_native_bf16() else "auto-fp32"
+        meta["precision"] = precision
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for prompt, completion in demos:
         h.update(json.dumps([prompt, completion]).encode())

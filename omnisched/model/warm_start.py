@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from omnisched.config.schema import ModelConfig
 from omnisched.model.build import build_tiny_model, cpu_attention, save_model
 from omnisched.model.cache import FORMAT_VERSION, Demo, cache_key, resolve
+from omnisched.model.precision import resolve_dtype
 from omnisched.model.tokenizer import build_char_tokenizer
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def sft(
     batches = shuffled_batches(len(data), ws.batch_size, random.Random(seed))
     model.train()
     tokens, loss_value, t0 = 0, float("nan"), time.perf_counter()
-    bf16 = model_cfg.dtype == "bfloat16"
+    bf16 = resolve_dtype(model_cfg.dtype) == "bfloat16"
     for step in range(ws.steps):
         batch = [data[i] for i in next(batches)]
         loss_sum = 0.0

@@ -62,10 +62,11 @@ class RolloutWorker:
     """Owns one rollout engine: `generate` and `update_weights`."""
 
     def __init__(self, backend: str, model_path: str, dtype: str, threads: int | None) -> None:
+        from omnisched.model.precision import resolve_dtype
         from omnisched.rollout import ENGINES
 
         _quiet_worker(threads)
-        self.engine = ENGINES.get(backend)(model_path, dtype=dtype, threads=threads)
+        self.engine = ENGINES.get(backend)(model_path, dtype=resolve_dtype(dtype), threads=threads)
         freeze_long_lived()
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
@@ -201,7 +202,9 @@ class LearnerWorker:
                 return state
             import torch
 
-            cast = getattr(torch, dtype)
+            from omnisched.model.precision import resolve_dtype
+
+            cast = getattr(torch, resolve_dtype(dtype))
             return {k: v.to(cast) if v.is_floating_point() else v for k, v in state.items()}
         if self.cfg.deepspeed.zero_stage == 3:
             self.learner.state_dict()
