@@ -96,11 +96,29 @@ def test_joint_run_inline_without_ray_reuses_the_warm_start_cache(tmp_path):
         "schedule.phases=2",
     )
     cached = list((tmp_path / "cache").iterdir())
-    run_dir = _run(tmp_path, "recipes/tiny-joint.yaml", "ray.enabled=false", "schedule.phases=2")
+    run_dir = _run(
+        tmp_path,
+        "recipes/tiny-joint.yaml",
+        "ray.enabled=false",
+        "schedule.phases=2",
+        "run.log_rollouts_every=1",
+    )
     assert list((tmp_path / "cache").iterdir()) == cached  # second run hit the cache
     state = json.loads((run_dir / "scheduler_state.json").read_text())
     assert [p["trained"] for p in state["phases"]] == [["math", "code", "qa", "creative"]] * 2
     assert state["BWT"] is None  # undefined when every phase mixes all domains
+    # the rollout log: every step's groups and every evaluation's, with rewards and advantages
+    logged = [json.loads(x) for x in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+    train = [r for r in logged if r["kind"] == "train"]
+    evals = {r["label"] for r in logged if r["kind"] == "eval"}
+    assert evals == {"base", "phase-0", "phase-1"}
+    assert {r["domain"] for r in train} == {"math", "code", "qa", "creative"}
+    math_group = next(r for r in train if r["domain"] == "math")
+    assert math_group["prompt"].strip() and len(math_group["completions"]) == 4  # group size
+    first = math_group["completions"][0]
+    assert set(first) >= {"text", "reward", "components", "reason", "advantage"}
+    assert abs(sum(c["advantage"] for c in math_group["completions"])) < 1e-3  # centred
+    assert "## Example rollouts" in (run_dir / "report.md").read_text()
 
 
 def test_the_ray_driver_does_not_load_torch():

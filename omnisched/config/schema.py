@@ -23,6 +23,13 @@ class RunConfig(Strict):
         "shares one warm start and one eval set, and only the RL seed varies",
     )
     threads: int = Field(2, ge=1, description="torch intra-op threads per process")
+    log_rollouts_every: int = Field(
+        10,
+        ge=0,
+        description="GRPO steps between the steps whose groups go to rollouts.jsonl (prompt, "
+        "completions, reward per component with its reason, advantage); every evaluation's go "
+        "too; 0: evaluations only",
+    )
     checkpoint_every: int = Field(
         10, ge=0, description="GRPO steps between resumable checkpoints (0: phase ends only)"
     )

@@ -44,6 +44,7 @@ def write_report(run_dir: Path, state: SchedulerState, title: str = "omnisched r
     lines += _forgetting(state)
     lines += _decisions(state)
     lines += _prediction_check(state)
+    lines += _examples(run_dir)
     plots = [p for p in (_plot_phases(run_dir, state), _plot_heatmaps(run_dir, state)) if p]
     if plots:
         lines += ["", "## Curves", ""]
@@ -239,6 +240,39 @@ def _prediction_check(state: SchedulerState) -> list[str]:
     maes = [prediction_error(p.predicted_final, last.accuracy)["mae"] for p in preds]  # type: ignore[arg-type]
     out.append("| MAE | " + " | ".join(f"{m:.3f}" for m in maes) + " | |")
     return out
+
+
+def _examples(run_dir: Path) -> list[str]:
+    """A few logged training groups per domain (rollouts.jsonl): the prompt as the engine got
+    it, the best and the worst completion with their rewards and why the worst fell short."""
+    from omnisched.metrics.rollouts import FILE, read_examples
+
+    examples = read_examples(run_dir, per_domain=1)
+    if not examples:
+        return []
+    out = ["", "## Example rollouts", "", f"The latest logged group per domain; all in `{FILE}`."]
+    for domain, recs in examples.items():
+        for rec in recs:
+            ranked = sorted(rec["completions"], key=lambda c: c["reward"])
+            worst, best = ranked[0], ranked[-1]
+            out += [
+                "",
+                f"**{domain}** (step {rec['step']}, group `{rec['group_id']}`)",
+                "",
+                "```text",
+                rec["prompt"][-400:],
+                "```",
+                f"- best ({best['reward']:.2f}, advantage {best['advantage']:+.2f}): "
+                f"`{_short(best['text'])}`",
+                f"- worst ({worst['reward']:.2f}, advantage {worst['advantage']:+.2f}): "
+                f"`{_short(worst['text'])}`" + (f" ({worst['reason']})" if worst["reason"] else ""),
+            ]
+    return out
+
+
+def _short(text: str, n: int = 160) -> str:
+    flat = " ".join(text.split()).replace("`", "'")
+    return flat if len(flat) <= n else flat[: n - 3] + "..."
 
 
 def _timing(run_dir: Path) -> list[str]:

@@ -23,6 +23,7 @@ from omnisched.config.schema import Recipe
 from omnisched.domains import Domain, build_domain
 from omnisched.errors import OmniError
 from omnisched.metrics import MetricsLogger, write_report
+from omnisched.metrics.rollouts import write_groups
 from omnisched.orchestration import sft
 from omnisched.orchestration.backend import Backend, make_backend
 from omnisched.orchestration.checkpoint import ResumePoint, resume_point, write_checkpoint
@@ -130,6 +131,7 @@ class Controller:
     def train_step(
         self, domains: list[str], mixture: dict[str, float] | None = None
     ) -> dict[str, Any]:
+        r = self.recipe
         t0 = time.perf_counter()
         batch = self.sampler.sample(domains, mixture, self.step)
         t_learn = time.perf_counter()
@@ -155,6 +157,11 @@ class Controller:
         }
         self.timings["train_s"] += t_end - t0
         self.metrics.log(self.step, record)
+        every = r.run.log_rollouts_every
+        if every and self.step % every == 0:
+            write_groups(
+                self.run_dir, batch.groups, r.learner.adv_eps, kind="train", step=self.step
+            )
         return record
 
     def evaluate(self, label: str) -> Evaluation:

@@ -12,6 +12,7 @@ from pathlib import Path
 from omnisched.config.schema import Recipe
 from omnisched.domains import Domain, build_domain
 from omnisched.metrics import MetricsLogger
+from omnisched.metrics.rollouts import write_groups
 from omnisched.orchestration.groups import Group
 from omnisched.orchestration.reward_pool import RewardPool, reward_pool
 from omnisched.orchestration.rollout_pool import RolloutPool
@@ -47,6 +48,7 @@ class Evaluator:
     def evaluate(self, label: str, step: int) -> Evaluation:
         """Every domain's eval set; logged as a `kind: eval` record at `step`."""
         t0 = time.perf_counter()
+        r = self.recipe
         params = self.params()
         acc, ent, items = {}, {}, {}
         for name, dom in self.domains.items():
@@ -56,6 +58,14 @@ class Evaluator:
                 for i, (ex, comps) in enumerate(zip(dom.eval_set, outs))
             ]
             self.rewards.score(name, groups)
+            write_groups(
+                self.metrics.path.parent,
+                groups,
+                r.learner.adv_eps,
+                kind="eval",
+                step=step,
+                label=label,
+            )
             per_item = [sum(g.rewards) / len(g.rewards) for g in groups]
             entropies = [c.mean_entropy for g in groups for c in g.completions]
             acc[name] = sum(per_item) / len(per_item)
