@@ -126,3 +126,16 @@ def test_dynamic_sampling_stops_at_its_round_cap(tmp_path, model):
     assert batch.rounds == 3 and len(batch.drawn) == 12  # 4 drawn, then 4 more per extra round
     assert batch.metrics(["d"])["dynamic/filtered_frac"] == 1.0
     assert len(batch.groups) == 4  # what it has: nothing with signal, so no gradient either
+
+
+def test_domain_weights_split_a_mixed_phase(tmp_path, model):
+    sampler = make(tmp_path, model, ["vary a"])
+    sampler.weights = {"a": 3.0, "b": 1.0}
+    picks = sampler.draw(["a", "b"], None, 8, "t")
+    assert sorted(d for _, d in picks) == ["a"] * 6 + ["b"] * 2
+    assert sorted(d for _, d in sampler.draw(["a", "b"], {"a": 0.5, "b": 0.5}, 8, "t")) == [
+        *["a"] * 4,
+        *["b"] * 4,
+    ]  # an online policy's mixture wins
+    sampler.weights = {"a": 1.0, "b": 1.0}
+    assert sorted(d for _, d in sampler.draw(["a", "b"], None, 4, "t")) == ["a", "a", "b", "b"]

@@ -125,6 +125,12 @@ class DomainConfig(Strict):
     reward: list[RewardComponent] | None = Field(
         None, description="reward components; None uses the domain type's default"
     )
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="share of a mixed phase's prompts (joint training) relative to the other "
+        "domains', as OpenRLHF's prompt_data_probs; online policies set their own mixture",
+    )
 
 
 class DynamicSamplingConfig(Strict):

@@ -119,12 +119,16 @@ class GroupSampler:
         self.rng = rng
         self.rollout = rollout
         self.rewards = rewards
+        self.weights = {d.name: d.weight for d in recipe.domains}
 
     def draw(
         self, names: list[str], mixture: dict[str, float] | None, n: int, tag: str
     ) -> list[tuple[str, str]]:
-        """n (group id, domain) pairs: an even split over `names`, or by the `mixture` weights
-        (largest remainder), in shuffled order."""
+        """n (group id, domain) pairs: by the `mixture` weights (largest remainder), else by the
+        domains' recipe `weight`s when they differ, else an even split; in shuffled order."""
+        weights = {d: self.weights[d] for d in names}
+        if not mixture and len(set(weights.values())) > 1:
+            mixture = weights
         if mixture:
             picks = [d for d, k in mixture_counts(mixture, n).items() for _ in range(k)]
         else:
