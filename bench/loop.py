@@ -59,6 +59,10 @@ def recipe_data(
             dom["eval_size"] = eval_sizes[dom["name"]]
     data["run"].update(name=name, threads=threads, checkpoint_every=0)
     data["model"]["path"] = str(model_path)
+    # bf16 as the peers run (TRL's bf16=True): explicit, not the recipe's "auto" (float32 on a
+    # CPU without native bf16), so both sides compute alike on any machine
+    data["model"]["dtype"] = "bfloat16"
+    data["learner"]["bf16"] = True
     data["rollout"].update(group_size=group_size, max_new_tokens=new_tokens)
     data["schedule"].update(prompts_per_step=prompts, steps_per_phase=steps_per_phase)
     validate_recipe(copy.deepcopy(data), source="bench recipe")
