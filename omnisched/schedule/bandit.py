@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omnisched.schedule.policies import POLICIES, Decision, Policy
-from omnisched.schedule.state import PhaseRecord, SchedulerState
+from omnisched.schedule.state import SchedulerState
 
 WINDOW = 40  # steps of history a slope is fitted on
 BETA = 0.35  # how far a standardised score moves a weight: exp(BETA * z)
@@ -222,8 +222,3 @@ def _sd(xs: Sequence[float]) -> float:
         return 0.0
     m = sum(xs) / len(xs)
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def phase_exposure(p: PhaseRecord) -> dict[str, float]:
-    """Step-equivalents per domain: recorded per step, else the phase's steps split evenly."""
-    return p.exposure or {d: p.steps / len(p.trained) for d in p.trained}

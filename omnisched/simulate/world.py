@@ -34,7 +34,7 @@ modelling assumption: it reflects the symmetric part of transfer, with noise).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -249,7 +249,3 @@ def step_stats(
             cos = math.tanh(sym / 0.06) * 0.5 + rng.normal(0, 0.15)
             stats[f"learner/grad_cos/{world.names[a]}/{world.names[b]}"] = max(-1.0, min(1.0, cos))
     return stats
-
-
-def kinds_of(world: World) -> Mapping[str, str]:
-    return dict(zip(world.names, world.kinds))
