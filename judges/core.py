@@ -37,6 +37,7 @@ COUNTERS = (
     "http_errors",
     "parse_failures",
     "fallbacks",
+    "rate_wait_ms",  # time requests waited for the request / token rate limits
 )
 
 

@@ -1,10 +1,13 @@
 """A judge behind any OpenAI-compatible chat-completions server (`vllm serve`, `judges.serve`).
 
-Requests run concurrently on asyncio, at most `concurrency` in flight. Each has a timeout and is
-retried with exponential backoff (with jitter, honouring `Retry-After`) on connection errors,
-timeouts, 429 and 5xx; other 4xx answers are final. A request that still fails, or a reply
-without a valid verdict, gets the fallback verdict (see `judges.core`), never an exception: a
-judge outage degrades the reward, it does not stop the run. The counters say how much.
+Requests run concurrently on asyncio, at most `concurrency` in flight, and, when set, at most
+`requests_per_minute` and `tokens_per_minute` (prompt characters / 4 + `max_tokens`, the
+budget a provider counts against), smoothed: a request waits for its share (`rate_wait_ms`
+counts the waiting). Each has a timeout and is retried with exponential backoff (with jitter,
+honouring `Retry-After`) on connection errors, timeouts, 429 and 5xx; other 4xx are final. A
+request that still fails, or a reply without a valid verdict, gets the fallback verdict (see
+`judges.core`), never an exception: a judge outage degrades the reward, it does not stop the
+run. The counters say how much.
 """
 
 from __future__ import annotations
@@ -57,9 +60,15 @@ class HttpJudge:
         reference_column: str = "reference",
         cache_size: int = 4096,
         cache_dir: str | None = None,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
     ) -> None:
         if concurrency < 1 or retries < 0 or timeout <= 0:
             raise ValueError("http judge needs concurrency >= 1, retries >= 0 and timeout > 0")
+        for name, value in (("requests", requests_per_minute), ("tokens", tokens_per_minute)):
+            if value is not None and value <= 0:
+                raise ValueError(f"http judge: {name}_per_minute must be > 0, got {value}")
+        self.limits = (requests_per_minute, tokens_per_minute)
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
         self.api_key = os.environ.get(api_key_env, "")
@@ -88,6 +97,7 @@ class HttpJudge:
         """`judge` for callers that already run an event loop."""
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         connector = aiohttp.TCPConnector(limit=self.concurrency)
+        self.limiter = RateLimiter(*self.limits)  # its clock lives in this call's event loop
         async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
             model, error = await self._model(session)
             if model is None:
@@ -125,7 +135,10 @@ class HttpJudge:
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
         }
-        body, error = await self._call(session, sem, "POST", "/v1/chat/completions", payload)
+        tokens = sum(len(m["content"]) for m in req.messages) / 4 + self.max_tokens
+        body, error = await self._call(
+            session, sem, "POST", "/v1/chat/completions", payload, tokens
+        )
         if body is None:
             return None, error
         try:
@@ -140,6 +153,7 @@ class HttpJudge:
         method: str,
         path: str,
         payload: dict[str, Any] | None,
+        tokens: float = 0.0,
     ) -> tuple[Any, str]:
         """(JSON body, "") or (None, why) after `retries` retries; never raises."""
         error, delay = "", 0.0
@@ -147,6 +161,10 @@ class HttpJudge:
             if attempt:
                 self.core.count(retries=1)
                 await asyncio.sleep(delay)
+            if payload is not None:  # chat requests count against the rate limits
+                waited = await self.limiter.acquire(tokens)
+                if waited:
+                    self.core.count(rate_wait_ms=int(1000 * waited))
             status, body, error, retry_after = await self._attempt(
                 session, sem, method, path, payload
             )
@@ -190,6 +208,50 @@ class HttpJudge:
         if retry_after is not None:
             return min(retry_after, self.max_backoff)
         return min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+class RateLimiter:
+    """Token buckets for requests and tokens per minute: each refills continuously and holds at
+    most one second's worth (at least one request), so a burst cannot spend a minute's budget
+    at once; `acquire` waits until both have room. No limits: never waits."""
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None):
+        self.rates = [r / 60.0 if r else None for r in (requests_per_minute, tokens_per_minute)]
+        self.capacity = [max(1.0, r) if r else 0.0 for r in self.rates]
+        self.level = list(self.capacity)
+        self.stamp: float | None = None
+        self.lock = asyncio.Lock()
+
+    async def acquire(self, tokens: float) -> float:
+        """Take one request and `tokens`; returns the seconds it waited."""
+        if not any(self.rates):
+            return 0.0
+        loop = asyncio.get_running_loop()
+        need = [1.0, tokens]
+        waited = 0.0
+        async with self.lock:  # first come, first served
+            while True:
+                now = loop.time()
+                if self.stamp is not None:
+                    for i, rate in enumerate(self.rates):
+                        if rate:
+                            self.level[i] = min(
+                                self.capacity[i], self.level[i] + rate * (now - self.stamp)
+                            )
+                self.stamp = now
+                short = [
+                    (min(need[i], self.capacity[i]) - self.level[i]) / rate
+                    for i, rate in enumerate(self.rates)
+                    if rate and self.level[i] < min(need[i], self.capacity[i])
+                ]
+                if not short:
+                    for i, rate in enumerate(self.rates):
+                        if rate:
+                            self.level[i] -= min(need[i], self.capacity[i])
+                    return waited
+                pause = max(short)
+                waited += pause
+                await asyncio.sleep(pause)
 
 
 class _NoLimit:

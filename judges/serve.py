@@ -5,7 +5,8 @@
 POST /v1/chat/completions (messages, max_tokens, temperature (default 0 = greedy), stop) and
 GET /v1/models follow the OpenAI API, so the `http` judge talks to it as to `vllm serve`.
 GET /stats (not OpenAI) reports requests in flight, the most ever in flight, served and
-rejected counts; POST /stats/reset restarts the maximum and the rejected count. Requests are
+rejected counts, and the most requests that arrived within one second (`max_per_second`);
+POST /stats/reset restarts the maxima and the rejected count. Requests are
 handled on threads; generation runs one request at a time.
 `--max-pending N` answers 503 with Retry-After once N requests are in flight, as an overloaded
 gateway would. With `--port 0` the OS picks a free port; the first stdout line names the URL.
@@ -40,10 +41,12 @@ class ServerState:
         self.generate_lock = threading.Lock()
         self.stats_lock = threading.Lock()
         self.stats = {"in_flight": 0, "max_in_flight": 0, "served": 0, "rejected": 0}
+        self.arrivals: list[float] = []  # monotonic time of each chat request, since a reset
 
     def enter(self) -> bool:
         """Count a request in; False (and counted as rejected) when the server is full."""
         with self.stats_lock:
+            self.arrivals.append(time.monotonic())
             if self.max_pending and self.stats["in_flight"] >= self.max_pending:
                 self.stats["rejected"] += 1
                 return False
@@ -94,6 +97,16 @@ class ServerState:
         }
 
 
+def max_in_window(times: list[float], window: float) -> int:
+    """The most of `times` (sorted) that fall within any span of `window` seconds."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     messages = body.get("messages")
     ok = isinstance(messages, list) and messages
@@ -117,7 +130,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {"status": "ok"})
         elif self.path == "/stats":
             with self.state.stats_lock:
-                self._send(200, dict(self.state.stats))
+                busiest = max_in_window(self.state.arrivals, 1.0)
+                self._send(200, {**self.state.stats, "max_per_second": busiest})
         else:
             self._error(ApiError(404, f"no route GET {self.path}", "NotFoundError"))
 
@@ -127,6 +141,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/stats/reset":
             with self.state.stats_lock:
                 self.state.stats.update(max_in_flight=self.state.stats["in_flight"], rejected=0)
+                self.state.arrivals.clear()
                 self._send(200, dict(self.state.stats))
             return
         if self.path != "/v1/chat/completions":

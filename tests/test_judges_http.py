@@ -284,6 +284,35 @@ def test_requests_in_flight_are_bounded_by_concurrency(server, judge_model):
     assert stats(server)["max_in_flight"] == 3
 
 
+def test_rate_limits_hold_at_the_server_and_are_no_judge_errors(server, judge_model):
+    """requests_per_minute=120 is 2 a second, with a bucket of one second's worth: the server
+    sees at most 4 arrive within any second (2 refilled + 2 saved) and 8 requests take >= 3 s,
+    where without a limit they would all arrive at once; tokens_per_minute limits by size."""
+    prompts, completions = items(8, seed=3)
+    stats(server, reset=True)
+    judge = fast(server, judge_model.point, concurrency=8, requests_per_minute=120, cache_size=0)
+    t0 = time.monotonic()
+    verdicts = judge.judge(prompts, completions)
+    elapsed = time.monotonic() - t0
+    counts = judge.take_counters()
+    assert [v.score for v in verdicts] == pytest.approx([SEVEN] * 8)
+    assert counts["fallbacks"] == counts["http_errors"] == counts["retries"] == 0
+    assert stats(server)["max_per_second"] <= 4 and elapsed >= 2.9
+    assert counts["rate_wait_ms"] > 0
+    # a request costs len(prompt) / 4 + max_tokens, over 30 tokens: at 30 a second (a bucket of
+    # 30) each waits for a full bucket, one a second
+    stats(server, reset=True)
+    by_tokens = fast(
+        server, judge_model.point, concurrency=8, tokens_per_minute=30 * 60, cache_size=0
+    )
+    t0 = time.monotonic()
+    by_tokens.judge(prompts[:4], completions[:4])
+    assert time.monotonic() - t0 >= 2.9 and stats(server)["max_per_second"] <= 2
+    assert by_tokens.take_counters()["fallbacks"] == 0
+    with pytest.raises(ValueError, match="requests_per_minute must be > 0"):
+        fast(server, judge_model.point, requests_per_minute=0)
+
+
 def test_malformed_replies_fall_back_and_are_counted(server, judge_model):
     prompts, completions = items(3, seed=4)
     truncated = fast(server, judge_model.point, max_tokens=5, neutral_score=0.3)
