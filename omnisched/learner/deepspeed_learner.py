@@ -45,6 +45,13 @@ if not torch.cuda.is_available():  # deepspeed picks its accelerator when first 
 
 import deepspeed
 
+if not torch.cuda.is_available():
+    # The CPU accelerator compiles its shared-memory all-reduce op (used by inference tensor
+    # parallelism) when the first engine starts: 40-60 s of gcc on a fresh 2-core machine, for a
+    # kernel training never calls (its collectives go through gloo). DeepSpeed keeps the op
+    # compatibility table as one module-level dict whose edits persist: mark the op unavailable.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
 
 def ds_config(cfg: LearnerConfig) -> dict[str, Any]:
     """The DeepSpeed config for `cfg`, with `cfg.deepspeed.overrides` merged over it."""
