@@ -59,17 +59,36 @@ def _quiet_worker(threads: int | None) -> None:
 
 
 class RolloutWorker:
-    """Owns one rollout engine: `generate` and `update_weights`."""
+    """Owns one rollout engine: `generate`, `update_weights`, `sleep` / `wake_up`.
 
-    def __init__(self, backend: str, model_path: str, dtype: str, threads: int | None) -> None:
+    `options` go to the engine's constructor (`rollout_pool.engine_options`: tensor parallelism,
+    sleep level); `env` is set first, for the processes the engine starts (vLLM's Ray executor)."""
+
+    def __init__(
+        self,
+        backend: str,
+        model_path: str,
+        dtype: str,
+        threads: int | None,
+        options: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         from omnisched.model.precision import resolve_dtype
         from omnisched.rollout import ENGINES
 
+        os.environ.update(env or {})
         _quiet_worker(threads)
-        self.engine = ENGINES.get(backend)(model_path, dtype=resolve_dtype(dtype), threads=threads)
+        engine = ENGINES.get(backend)
+        self.engine = engine(
+            model_path, dtype=resolve_dtype(dtype), threads=threads, **(options or {})
+        )
+        self.asleep = False
+        self.sleeps = 0  # how often it slept (colocated: once per learner step)
         freeze_long_lived()
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        if self.asleep:
+            raise OmniError("rollout: generate on a sleeping engine (wake_up first)")
         out = self.engine.generate(prompts, params)
         release_freed_memory()
         return out
@@ -77,6 +96,25 @@ class RolloutWorker:
     def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
         self.engine.update_weights(state_dict)
         return True
+
+    def sleep(self, level: int) -> str | None:
+        """Free GPU memory while a colocated learner trains: None once asleep, else why the
+        engine cannot (it then stays awake and serves as before)."""
+        if self.asleep:
+            return None
+        sleep = getattr(self.engine, "sleep", None)
+        reason = f"the {type(self.engine).__name__} engine cannot sleep" if sleep is None else None
+        reason = reason or sleep(level)
+        self.asleep = reason is None
+        self.sleeps += self.asleep
+        return reason
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Reallocate what `sleep` freed (`tags`: "weights" then "kv_cache", or None: all)."""
+        if self.asleep:
+            self.engine.wake_up(tags)
+            self.asleep = not (tags is None or "kv_cache" in tags)
+        return not self.asleep
 
     def join_weight_group(self, host: str, port: int, world_size: int, rank_offset: int) -> Any:
         """Join the learner's broadcast group (`rollout.weight_sync: broadcast`)."""
