@@ -241,7 +241,7 @@ def test_colocated_seats_split_each_gpu_between_learner_and_engines():
         (1, 0.25),
     ]
     assert [(s.bundle, s.gpus) for s in where["learner"]] == [(0, 0.5), (1, 0.5)]
-    assert engine_options(quarter, where["rollout"][0]) == ({"sleep_level": 1}, {})  # hf engine
+    assert engine_options(quarter, where["rollout"][0]) == ({}, {})  # hf: offloads, no options
 
 
 class _Recorder(InlineBackend):

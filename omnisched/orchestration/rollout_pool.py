@@ -39,11 +39,11 @@ def engine_options(recipe: Recipe, seat: Seat) -> tuple[dict[str, Any], dict[str
     ro = recipe.rollout
     options: dict[str, Any] = {}
     env: dict[str, str] = {}
-    level = sleep_level(recipe)
-    if level:
-        options["sleep_level"] = level
-    if ro.backend != "vllm":
+    if ro.backend != "vllm":  # the HF engine sleeps by offloading: nothing to set up
         return options, env
+    level = sleep_level(recipe)
+    if level:  # vLLM's sleep mode is chosen when the engine starts
+        options["sleep_level"] = level
     if ro.gpus_per_worker > 0:
         options["gpu_memory_utilization"] = gpu_memory_utilization(recipe)
     if ro.tensor_parallel > 1:

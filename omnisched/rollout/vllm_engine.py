@@ -33,6 +33,16 @@ receives them into buffers on its device and loads them through `reload_weights`
 `collective_rpc` returns once the broadcast is done, so the sender runs concurrently (another
 process or thread). Tested on CPU over gloo; the NCCL path on GPUs is untested, and the learner
 still sends from its CPU snapshot of the weights (`Learner.state_dict`).
+
+Tensor parallel (`tensor_parallel_size`, `distributed_executor_backend`: "mp" runs the shards as
+processes on the GPUs Ray gave this actor; "ray" starts vLLM's Ray workers in the placement-group
+bundles VLLM_RAY_BUNDLE_INDICES names, and falls back to "mp" on CPU). Every shard loads the full
+tensors of a sync and vLLM's weight loaders keep their part (tested with TP 2 on the CPU build).
+
+Sleep (`sleep_level` > 0 starts vLLM with `enable_sleep_mode`): `sleep(1)` frees the KV cache and
+offloads the weights to CPU, `sleep(2)` frees both; `wake_up` reallocates them. vLLM 0.32 has
+sleep mode on CUDA, ROCm and XPU only: elsewhere `sleep` returns the reason and the engine stays
+awake.
 """
 
 from __future__ import annotations
