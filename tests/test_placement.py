@@ -159,6 +159,7 @@ def test_dry_run_prints_config_and_placement_documents():
     assert config["placement"]["colocate"] is False
     assert plan["placement_plan"]["totals"] == {"CPU": 2 * 1.0 + 1.0 + 0.5, "GPU": 0.0}
     assert "target_cluster" not in plan  # the tiny recipe names no cluster
+    assert plan["memory_plan"]["source"] == "model.tiny" and plan["memory_plan"]["fits"] is None
 
 
 def test_dry_run_fails_when_the_described_cluster_is_too_small():

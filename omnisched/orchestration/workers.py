@@ -58,6 +58,18 @@ def _quiet_worker(threads: int | None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _for_vllm_ray_executor() -> None:
+    """vLLM's engine process (a child of this actor) starts the shard workers as Ray actors in
+    this actor's placement group: it joins this Ray (not a new local one), and it must see the
+    CUDA platform although Ray hid every GPU from this actor, which asked for none (each shard
+    worker gets its own GPU fraction; vLLM maps them to devices itself). Untested on GPUs."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+
+
 class RolloutWorker:
     """Owns one rollout engine: `generate`, `update_weights`, `sleep` / `wake_up`.
 
@@ -77,6 +89,8 @@ class RolloutWorker:
         from omnisched.rollout import ENGINES
 
         os.environ.update(env or {})
+        if "VLLM_RAY_BUNDLE_INDICES" in os.environ:
+            _for_vllm_ray_executor()
         _quiet_worker(threads)
         engine = ENGINES.get(backend)
         self.engine = engine(
