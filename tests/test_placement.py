@@ -222,6 +222,10 @@ def test_colocated_seats_split_each_gpu_between_learner_and_engines():
     }
     assert env == {"VLLM_RAY_BUNDLE_INDICES": "6,7", "VLLM_RAY_PER_WORKER_GPUS": "0.5"}
 
+    inline = load_recipe(PAPER, ["ray.enabled=false"])  # no Ray executor without Ray
+    seat = seats(inline, plan_placement(inline))["rollout"][0]
+    assert engine_options(inline, seat)[0]["distributed_executor_backend"] == "mp"
+
     apart = load_recipe(PAPER, ["placement.colocate=false"])
     where = seats(apart, plan_placement(apart))
     assert where["learner"][0] == Seat(0, 4.0, 1.0)

@@ -213,8 +213,10 @@ def seats(recipe: Recipe, plan: PlacementPlan) -> dict[str, list[Seat]]:
     rollout = []
     for spans in groups["rollout"].bundles:
         cpus = ro.cpus_per_worker / len(spans)  # what plan_placement added to each bundle
-        if ro.tensor_parallel > 1:
+        if ro.tensor_parallel > 1 and recipe.ray.enabled:
             rollout.append(Seat(spans[0], cpus, 0.0, tuple(spans), rest))
+        elif ro.tensor_parallel > 1:  # in the driver's process: vLLM's own shard processes
+            rollout.append(Seat(None, cpus, float(ro.tensor_parallel)))
         else:
             rollout.append(Seat(spans[0], cpus, rest * ro.gpus_per_worker))
     out["rollout"] = rollout
