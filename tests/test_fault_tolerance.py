@@ -112,6 +112,8 @@ def test_a_killed_learner_rank_restarts_the_run_from_its_checkpoint(tmp_path):
     proc = _start(
         tmp_path,
         "model.warm_start.enabled=false",  # what is tested starts after it
+        "eval.samples=1",
+        *(f"domains.{i}.eval_size=2" for i in range(4)),
         "schedule.phases=1",
         "schedule.steps_per_phase=4",
         "run.checkpoint_every=2",
