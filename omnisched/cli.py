@@ -155,7 +155,7 @@ def launch(
             dry_run=dry_run,
         )
         client = jobs.connect(address)
-        submitted = jobs.submit(client, spec)
+        submitted = jobs.submit(client, jobs.ship_requirements(client, spec))
     except OmniError as exc:
         _fail(exc)
     console.print(f"submitted job {submitted} to {client.get_address()}", highlight=False)

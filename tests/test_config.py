@@ -148,7 +148,10 @@ REFUSED = [
     (["rollout.weight_sync=broadcast", "ray.enabled=false"],
      "rollout.weight_sync: broadcast needs ray.enabled: true"),
     (["rollout.num_workers=1", "rollout.gpus_per_worker=1", "placement.learner_gpus_per_worker=1",
-      "placement.colocate=true"], "placement.colocate with GPUs"),
+      "placement.colocate=true", "rollout.weight_sync=broadcast"],
+     "rollout.weight_sync: broadcast with placement.colocate"),
+    (["rollout.tensor_parallel=2", "rollout.gpus_per_worker=2"],
+     "rollout.tensor_parallel=2 needs rollout.backend: vllm"),
     # data that does not exist
     (["domains=[{name: d, type: data, options: {path: /nonexistent/d.jsonl},"
       " reward: [{verifier: exact_match}]}]"], "data file not found: /nonexistent/d.jsonl"),

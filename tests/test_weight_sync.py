@@ -3,6 +3,7 @@ sender's weights, and a real Ray run with `rollout.weight_sync: broadcast`."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -97,6 +98,64 @@ def test_a_state_dict_arrives_exactly_with_dtypes_shapes_and_tied_names():
     assert received["lm_head.weight"].data_ptr() != received["embed.weight"].data_ptr()
     with pytest.raises(ValueError, match="only group rank 0 sends"):
         ws.send(group, state)
+
+
+def test_every_tensor_parallel_shard_receives_the_full_tensors():
+    """Engine A with 2 TP shards and engine B with 1 (`broadcast_ranks`: A's shards are group
+    ranks 1, 2, B's is 3): each shard receives every tensor whole (vLLM's loader then keeps its
+    part, e.g. rows of q_proj, columns of o_proj: tested through vLLM in test_vllm_engine)."""
+    from omnisched.orchestration.rollout_pool import broadcast_ranks
+
+    world, offsets = broadcast_ranks([2, 1])
+    assert (world, offsets) == (4, [1, 3])
+    gen = torch.Generator().manual_seed(1)
+    state = {"q_proj.weight": torch.randn(8, 4, generator=gen), "o_proj.weight": torch.randn(4, 8)}
+    port = free_port()
+    sender = Sender(port, world, state)
+    got: dict[int, dict[str, torch.Tensor]] = {}
+
+    def shard(rank: int) -> None:
+        group = ws.join(HOST, port, rank, world, timeout_s=60)
+        got[rank] = dict(ws.receive(group, ws.weights_meta(state)))
+
+    shards = [threading.Thread(target=shard, args=(r,), daemon=True) for r in (1, 2, 3)]
+    for t in [sender, *shards]:
+        t.start()
+    for t in shards:
+        t.join(timeout=60)
+    sender.finish()
+    assert sorted(got) == [1, 2, 3]
+    for received in got.values():
+        assert all(torch.equal(received[k], v) for k, v in state.items())
+
+
+def test_an_abort_ends_a_broadcast_that_a_dead_party_stalled():
+    """Party 2 joins, then never takes part (as a killed engine): the sender of a 32 MB bucket
+    waits for it; `abort` through the group's store ends that wait within a poll, not after the
+    group's timeout (600 s)."""
+    state = {"w": torch.zeros(8 << 20)}  # 32 MB: more than loopback's socket buffers hold
+    port = free_port()
+    sender = Sender(port, 3, state)
+    sender.start()
+    receiver_done = threading.Event()
+
+    def receive() -> None:
+        group = ws.join(HOST, port, 1, 3, timeout_s=60)
+        with contextlib.suppress(ws.WeightSyncAborted):
+            list(ws.receive(group, ws.weights_meta(state)))
+        receiver_done.set()
+
+    threading.Thread(target=receive, daemon=True).start()
+    stalled = ws.join(HOST, port, 2, 3, timeout_s=60)  # joined, then silent
+    time.sleep(2 * ws.POLL_S)
+    assert sender.is_alive()  # stalled by party 2
+    t0 = time.monotonic()
+    assert ws.abort(HOST, port)
+    with pytest.raises(ws.WeightSyncAborted, match="group rank 0"):
+        sender.finish()
+    assert time.monotonic() - t0 < 5 * ws.POLL_S
+    assert receiver_done.wait(timeout=10)
+    del stalled
 
 
 def test_an_hf_engine_in_a_group_follows_the_broadcast_weights(tmp_path):

@@ -33,6 +33,9 @@ class RunConfig(Strict):
     checkpoint_every: int = Field(
         10, ge=0, description="GRPO steps between resumable checkpoints (0: phase ends only)"
     )
+    max_restarts: int = Field(
+        2, ge=0, description="automatic resumes from the last checkpoint after a learner rank dies"
+    )
 
 
 class TinyModelConfig(Strict):
@@ -165,6 +168,14 @@ class RolloutConfig(Strict):
         "and streams the tensors over a gloo (CPU) or NCCL (GPU) group of learner rank 0 and the "
         "engines (needs ray.enabled: true)",
     )
+    sleep_level: Literal[0, 1, 2] | None = Field(
+        None,
+        description="engines sleep through learner steps: 1 frees the KV cache and offloads the "
+        "weights to CPU, 2 also drops them (re-sent at wake-up), 0 never; None: 1 colocated, 0 not",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vLLM's share of each GPU's memory; None = 0.9, 0.4 colocated"
+    )
 
     @model_validator(mode="after")
     def _tensor_parallel_gpus(self) -> RolloutConfig:
@@ -280,14 +291,18 @@ class RayConfig(Strict):
     reward_timeout_s: float = Field(10.0, gt=0, description="per-item verifier timeout")
 
 
+ModelShape = Literal[
+    "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b",
+    "qwen2.5-72b",
+]  # fmt: skip
+
+
 class PlacementConfig(Strict):
     """Where the learner runs and how it shares the cluster with the rollout engines.
 
-    `colocate: true` puts rollout engines and learner ranks on the same GPUs (one placement-group
-    bundle per learner rank, engines time-share it), so both must use the same number of GPUs.
-    `nodes` / `gpus_per_node` / `cpus_per_node` describe the cluster the recipe is written for:
-    `omnisched run --dry-run` then checks that the placement fits it, on any laptop.
-    """
+    `colocate: true`: engines and learner ranks time-share the same GPUs (one bundle per learner
+    rank; `placement.seats`), so both use the same GPU count. `nodes`, `gpus_per_node`,
+    `cpus_per_node`, `gpu_memory_gib` describe the target cluster, checked by `--dry-run`."""
 
     learner_workers: int = Field(1, ge=1, description="data-parallel learner ranks (ZeRO world)")
     learner_gpus_per_worker: float = Field(0.0, ge=0)
@@ -299,6 +314,10 @@ class PlacementConfig(Strict):
     nodes: int | None = Field(None, ge=1, description="nodes of the target cluster; None: unknown")
     gpus_per_node: int = Field(0, ge=0)
     cpus_per_node: int | None = Field(None, ge=1, description="None: CPUs are not checked")
+    gpu_memory_gib: float = Field(80.0, gt=0, description="memory per GPU (--dry-run memory plan)")
+    model_shape: ModelShape | None = Field(
+        None, description="the memory plan's model when model.path holds no config.json"
+    )
 
 
 class Recipe(Strict):

@@ -63,6 +63,10 @@ class Backend(Protocol):
 
     def alive(self, worker: Any) -> bool: ...
 
+    def died(self, exc: BaseException, workers: list[Any]) -> bool:
+        """Whether `exc` says that one of `workers` died (its process ended)."""
+        ...
+
     def kill(self, worker: Any) -> None: ...
 
     def shutdown(self) -> None: ...
@@ -107,6 +111,9 @@ class InlineBackend:
 
     def alive(self, worker: Any) -> bool:
         return True
+
+    def died(self, exc: BaseException, workers: list[Any]) -> bool:
+        return False
 
     def kill(self, worker: Any) -> None:
         return None
@@ -189,6 +196,13 @@ class RayBackend:
         return getattr(worker, method_name(method)).remote(*args, **kwargs)
 
     def gather(self, futures: list[Any]) -> list[Any]:
+        """Every result, in order; the first failure is raised as soon as it happens, not once
+        all have finished: a dead actor's call fails at once, while its peers may wait for it
+        in a collective (a learner world, a weight broadcast) until their group times out."""
+        pending = list(dict.fromkeys(futures))
+        while pending:
+            ready, pending = self.ray.wait(pending, num_returns=1)
+            self.ray.get(ready)
         return self.ray.get(futures)
 
     def submit(self, fn: Any, *args: Any, num_cpus: float = 1.0) -> Any:
@@ -213,6 +227,12 @@ class RayBackend:
             return True
         except Exception:  # dead, restarting or unreachable: replace it
             return False
+
+    def died(self, exc: BaseException, workers: list[Any]) -> bool:
+        from ray.exceptions import RayActorError
+
+        ids = {w._actor_id.hex() for w in workers}
+        return isinstance(exc, RayActorError) and exc.actor_id in ids
 
     def kill(self, worker: Any) -> None:
         with contextlib.suppress(Exception):

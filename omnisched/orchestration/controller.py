@@ -29,7 +29,8 @@ from omnisched.orchestration.backend import Backend, make_backend
 from omnisched.orchestration.checkpoint import ResumePoint, resume_point, write_checkpoint
 from omnisched.orchestration.evaluator import Evaluator
 from omnisched.orchestration.learner_group import LearnerGroup, check_resume_world_size
-from omnisched.orchestration.placement import plan_placement, unsupported_by_controller
+from omnisched.orchestration.placement import plan_placement, seats, unsupported_by_controller
+from omnisched.orchestration.recovery import run_with_restarts
 from omnisched.orchestration.reward_pool import reward_pool
 from omnisched.orchestration.rollout_pool import RolloutPool
 from omnisched.orchestration.sampler import GroupSampler, mixture_counts
@@ -59,6 +60,7 @@ class Controller:
         self.step = 0
         self.timings: dict[str, float] = {"eval_s": 0.0, "train_s": 0.0, "warm_start_s": 0.0}
         self.start: ResumePoint | None = None
+        self.learner_restarts = 0  # automatic resumes after a learner rank died (`recovery`)
 
     # ---- setup ----------------------------------------------------------------------------
     def setup(self, backend: Backend) -> None:
@@ -82,10 +84,11 @@ class Controller:
         # one placement group holds every actor's resources before any actor starts
         plan = plan_placement(r)
         backend.reserve(plan.bundles, plan.strategy)
-        bundles = {g.kind: [b[0] if b else None for b in g.bundles] for g in plan.groups}
-        self.rollout = RolloutPool(backend, r, weights, bundles["rollout"])
-        self.rewards = reward_pool(backend, r, self.domains, bundles["reward"])
-        self.learner = LearnerGroup(backend, r, weights, bundles["learner"])
+        where = seats(r, plan)
+        bundles = [s.bundle for s in where["rollout"]]
+        self.rollout = RolloutPool(backend, r, weights, bundles, where["rollout"])
+        self.rewards = reward_pool(backend, r, self.domains, [s.bundle for s in where["reward"]])
+        self.learner = LearnerGroup(backend, r, weights, where["learner"])
         if self.start:
             self.learner.load_trainer_state(weights)
         self.rollout.follow(self.learner)
@@ -125,7 +128,8 @@ class Controller:
 
     @property
     def restarts(self) -> dict[str, int]:
-        return {"rollout": self.rollout.restarts, "reward": self.rewards.restarts}
+        pools = {"rollout": self.rollout.restarts, "reward": self.rewards.restarts}
+        return {**pools, "learner": self.learner_restarts}
 
     # ---- one GRPO step and one evaluation ----------------------------------------------------
     def train_step(
@@ -135,10 +139,11 @@ class Controller:
         t0 = time.perf_counter()
         batch = self.sampler.sample(domains, mixture, self.step)
         t_learn = time.perf_counter()
+        self.rollout.sleep()  # colocated engines free the GPU for the learner (sleep_level)
         learn = self.learner.train_groups([g.scored() for g in batch.groups])
         trained = int(learn.pop("samples_trained", 0))
-        if trained:  # a batch whose groups all tie carried no gradient: weights are unchanged
-            self.rollout.sync_weights()
+        # wake; a batch whose groups all tie carried no gradient: weights are unchanged
+        self.rollout.sync_weights(changed=bool(trained))
         t_end = time.perf_counter()
         self.step += 1
         completions = [c for g in batch.drawn for c in g.completions]
@@ -176,38 +181,44 @@ class Controller:
     def run(self, backend: Backend | None = None) -> Path:
         """Train the recipe; returns the run directory. Without `backend`, one is built from
         `recipe.ray` and shut down at the end (actors and placement group with it); a given
-        backend stays up, with this run's actors, until its owner shuts it down."""
-        r = self.recipe
-        t_start = time.perf_counter()
+        backend stays up, with this run's actors, until its owner shuts it down. A learner rank
+        that dies restarts the run from its last checkpoint (`recovery.run_with_restarts`)."""
         owned = backend is None
-        fresh = not self.run_dir.exists()
-        backend = make_backend(r.ray) if backend is None else backend
+        backend = make_backend(self.recipe.ray) if backend is None else backend
         try:
-            try:
-                self.setup(backend)
-            except BaseException:
-                if fresh:  # a set-up error leaves no half-made run directory behind
-                    shutil.rmtree(self.run_dir, ignore_errors=True)
-                raise
-            sched = self.scheduler.state()
-            if sched.baseline is None:
-                self.scheduler.record_baseline(self.evaluate("base"))
-            total_phases = self.scheduler.planned_phases()  # + probe phases
-            first = len(sched.completed())
-            resume_at = 0  # steps of the first phase already taken before a resume
-            if self.start and self.start.phase == first:
-                resume_at = self.start.step_in_phase
-            for phase in range(first, total_phases):
-                self._phase(phase, total_phases, resume_at if phase == first else 0)
-            self.learner.save(str(self.run_dir / "checkpoints" / "final"))
-            wall = time.perf_counter() - t_start
-            self.metrics.log(self.step, {**self.timings, "wall_s": wall}, kind="timing")
-            self.metrics.close()
-            state = self.scheduler.state()
-            return write_report(self.run_dir, state, title=f"omnisched run `{r.run.name}`")
+            return run_with_restarts(self, backend)
         finally:
             if owned:
                 backend.shutdown()
+
+    def train(self, backend: Backend) -> Path:
+        """Set up, then every phase left; the report's path."""
+        r = self.recipe
+        t_start = time.perf_counter()
+        fresh = not self.run_dir.exists()
+        try:
+            self.setup(backend)
+        except BaseException:
+            if fresh:  # a set-up error leaves no half-made run directory behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        sched = self.scheduler.state()
+        if sched.baseline is None:
+            self.scheduler.record_baseline(self.evaluate("base"))
+        total_phases = self.scheduler.planned_phases()  # + probe phases
+        first = len(sched.completed())
+        resume_at = 0  # steps of the first phase already taken before a resume
+        if self.start and self.start.phase == first:
+            resume_at = self.start.step_in_phase
+        for phase in range(first, total_phases):
+            self._phase(phase, total_phases, resume_at if phase == first else 0)
+        self.learner.save(str(self.run_dir / "checkpoints" / "final"))
+        wall = time.perf_counter() - t_start
+        self.metrics.log(self.step, {**self.timings, "wall_s": wall}, kind="timing")
+        self.metrics.close()
+        return write_report(
+            self.run_dir, self.scheduler.state(), title=f"omnisched run `{r.run.name}`"
+        )
 
     def _phase(self, phase: int, total: int, resume_at: int) -> None:
         """One phase: the decision, its GRPO steps (checkpointed), its evaluation."""

@@ -3,6 +3,8 @@
 The recipe is validated here first. The cluster then runs `python -m omnisched.cli run RECIPE
 OVERRIDES --quiet` inside an upload of this project (the job's working dir), so the code that
 trains is the code that validated the recipe, not whatever version the cluster image holds.
+What the cluster's Python lacks of the job's light dependencies is installed for the job
+(`ship_requirements`, `job_env`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import json
 import os
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,13 @@ import yaml
 
 from omnisched.config import load_recipe
 from omnisched.errors import ConfigError, OmniError
+from omnisched.orchestration.job_env import (
+    PROBE,
+    PROBE_ENV,
+    job_requirements,
+    parse_probe,
+    split_missing,
+)
 
 # Never uploaded with the working dir (Ray also honours .gitignore and .rayignore).
 DEFAULT_EXCLUDES = [
@@ -60,6 +70,7 @@ class JobSpec:
     runtime_env: dict[str, Any] = field(default_factory=dict)
     submission_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    requirements: list[str] = field(default_factory=list)  # `job_env.job_requirements`
 
 
 def project_root() -> Path:
@@ -80,11 +91,16 @@ def build_job(
 ) -> JobSpec:
     """Validate `recipe` + `overrides` locally and describe the job that runs it on a cluster."""
     cfg = load_recipe(recipe, list(overrides))
+    if not cfg.ray.enabled:
+        raise ConfigError(
+            "launch: ray.enabled: false would run every worker inside the job's driver, not on "
+            "the cluster; remove it (or use `omnisched run` on one machine)"
+        )
     root = Path(working_dir or project_root()).resolve()
     if not root.is_dir():
         raise ConfigError(f"--working-dir {root}: not a directory")
     args = list(overrides)
-    if cfg.ray.enabled and cfg.ray.address is None:
+    if cfg.ray.address is None:
         args.append("ray.address=auto")  # inside a job RAY_ADDRESS names the cluster: join it
     env = {"PYTHONUNBUFFERED": "1", **(env_vars or {})}
     setup = ""
@@ -112,7 +128,32 @@ def build_job(
         runtime_env=runtime_env,
         submission_id=submission_id,
         metadata={"omnisched_recipe": Path(recipe).name, "omnisched_run": cfg.run.name},
+        requirements=job_requirements(cfg),
     )
+
+
+def ship_requirements(client: Any, spec: JobSpec, timeout_s: float = 120.0) -> JobSpec:
+    """`spec` with the requirements the cluster's Python lacks added to its runtime_env `pip`
+    (a probe job asks); a ClusterError naming them when they are heavy (`CLUSTER_PROVIDED`)."""
+    env = {PROBE_ENV: json.dumps(spec.requirements)}
+    probe = JobSpec(entrypoint=shlex.join(["python", "-c", PROBE]), runtime_env={"env_vars": env})
+    job_id = submit(client, probe)
+    status = wait(client, job_id, timeout_s=timeout_s, poll_s=0.3)
+    try:
+        missing, python = parse_probe(job_logs(client, job_id))
+    except ValueError:
+        raise ClusterError(f"the dependency probe job {job_id} ended {status}") from None
+    heavy, light = split_missing(missing)
+    if heavy:
+        raise ClusterError(
+            f"the cluster's Python {python} lacks {', '.join(heavy)}: start the cluster from an "
+            "image that has them (docker/Dockerfile.gpu) or install them there"
+        )
+    if not light:
+        return spec
+    runtime_env = dict(spec.runtime_env)
+    runtime_env["pip"] = [*runtime_env.get("pip", []), *light]
+    return replace(spec, runtime_env=runtime_env)
 
 
 def _uploaded_path(recipe: Path, root: Path, excludes: Sequence[str]) -> str | None:

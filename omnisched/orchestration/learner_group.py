@@ -18,6 +18,7 @@ from omnisched.config.schema import Recipe
 from omnisched.errors import OmniError
 from omnisched.learner.base import ScoredGroup, TrainSample
 from omnisched.orchestration.backend import Backend
+from omnisched.orchestration.placement import Seat
 from omnisched.orchestration.workers import LearnerWorker, trainer_state_file
 
 
@@ -111,9 +112,10 @@ class LearnerGroup:
         backend: Backend,
         recipe: Recipe,
         model_path: str,
-        bundles: Sequence[int | None] | None = None,
+        seats: Sequence[Seat] | None = None,
     ) -> None:
-        """`bundles[r]`: rank r's placement-group bundle (`Backend.reserve`); None: anywhere."""
+        """`seats[r]`: rank r's placement-group bundle and resources (`placement.seats`);
+        None: the recipe's resources, anywhere."""
         r, pl = recipe, recipe.placement
         self.backend = backend
         self.micro_batch_size = r.learner.micro_batch_size
@@ -127,24 +129,23 @@ class LearnerGroup:
             r.rollout.max_new_tokens,
         )
         sampling = {"temperature": r.rollout.temperature}
-        resources = {"num_cpus": pl.learner_cpus_per_worker, "num_gpus": pl.learner_gpus_per_worker}
-        where = list(bundles) if bundles is not None else [None] * pl.learner_workers
-        if pl.learner_workers == 1:
-            self.workers = [
-                backend.spawn(LearnerWorker, *args, **sampling, **resources, bundle=where[0])
-            ]
-            return
+        default = Seat(None, pl.learner_cpus_per_worker, pl.learner_gpus_per_worker)
+        where = list(seats) if seats is not None else [default] * pl.learner_workers
+        world = {"world_size": pl.learner_workers} if pl.learner_workers > 1 else {}
         self.workers = [
             backend.spawn(
                 LearnerWorker,
                 *args,
-                world_size=pl.learner_workers,
+                **world,
                 **sampling,
-                **resources,
-                bundle=where[r],
+                num_cpus=seat.cpus,
+                num_gpus=seat.gpus,
+                bundle=seat.bundle,
             )
-            for r in range(pl.learner_workers)
+            for seat in where
         ]
+        if pl.learner_workers == 1:
+            return
         addr, port = self._ask(self.workers[0], LearnerWorker.rendezvous)
         self.backend.gather(
             [

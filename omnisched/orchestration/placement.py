@@ -7,6 +7,7 @@ footprint on a laptop. `check_fit` packs the bundles into a cluster's nodes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,7 +15,9 @@ import yaml
 
 from omnisched.config.schema import Recipe
 
+log = logging.getLogger(__name__)
 REWARD_WORKER_CPUS = 0.5  # what the controller reserves per reward worker
+LEARNER_GPU_SHARE = 0.5  # colocated: a learner rank's fraction of its bundle's one GPU
 EPS = 1e-9
 
 
@@ -117,32 +120,107 @@ def unsupported_by_controller(recipe: Recipe) -> list[str]:
     """Placements `--dry-run` can plan but `omnisched run` cannot start, each naming the field.
 
     Learner ranks (`placement.learner_workers > 1`) are one Ray actor process each, so they need
-    Ray; and the controller gives each actor the GPUs it asks for, so engines and learner cannot
-    time-share GPUs yet."""
-    pl, problems = recipe.placement, []
+    Ray; colocated GPUs are shared by fractions of one-GPU bundles (`seats`)."""
+    pl, ro, problems = recipe.placement, recipe.rollout, []
     if pl.learner_workers > 1 and not recipe.ray.enabled:
         problems.append(
             f"placement.learner_workers={pl.learner_workers} needs ray.enabled: true (one process "
             "per learner rank); ray.enabled: false runs every worker in the driver's process"
         )
-    if recipe.rollout.weight_sync == "broadcast" and not recipe.ray.enabled:
+    if ro.weight_sync == "broadcast" and not recipe.ray.enabled:
         problems.append(
             "rollout.weight_sync: broadcast needs ray.enabled: true (the learner sends while the "
             "engines receive); ray.enabled: false runs every worker in turn in the driver's process"
         )
-    gpus = (pl.learner_gpus_per_worker, recipe.rollout.gpus_per_worker)
-    if recipe.rollout.weight_sync == "broadcast" and (gpus[0] > 0) != (gpus[1] > 0):
+    gpus = (pl.learner_gpus_per_worker, ro.gpus_per_worker)
+    if ro.weight_sync == "broadcast" and (gpus[0] > 0) != (gpus[1] > 0):
         problems.append(
             "rollout.weight_sync: broadcast needs the learner and the engines both on GPUs (NCCL) "
             f"or both on CPU (gloo); got placement.learner_gpus_per_worker={gpus[0]:g} and "
             f"rollout.gpus_per_worker={gpus[1]:g}"
         )
-    if pl.colocate and (pl.learner_gpus_per_worker > 0 or recipe.rollout.gpus_per_worker > 0):
+    if ro.tensor_parallel > 1 and ro.backend != "vllm":
         problems.append(
-            "placement.colocate with GPUs: engines and learner cannot time-share GPUs in "
-            "`omnisched run` yet; set placement.colocate: false"
+            f"rollout.tensor_parallel={ro.tensor_parallel} needs rollout.backend: vllm (the "
+            f"{ro.backend} engine runs on one device)"
+        )
+    if pl.colocate:
+        problems += _colocation_problems(recipe)
+    return problems
+
+
+def _colocation_problems(recipe: Recipe) -> list[str]:
+    pl, ro, problems = recipe.placement, recipe.rollout, []
+    if pl.learner_gpus_per_worker != 1:
+        problems.append(
+            "placement.colocate shares each learner rank's one-GPU bundle with the engines: set "
+            f"placement.learner_gpus_per_worker: 1 (got {pl.learner_gpus_per_worker:g})"
+        )
+    g = ro.gpus_per_worker
+    if not (g == ro.tensor_parallel or (g < 1 and abs(1 / g - round(1 / g)) < EPS)):
+        problems.append(
+            f"placement.colocate: rollout.gpus_per_worker={g:g} must be rollout.tensor_parallel "
+            "(whole GPUs) or 1/k of one GPU (k engines per GPU)"
+        )
+    if ro.weight_sync == "broadcast":
+        problems.append(
+            "rollout.weight_sync: broadcast with placement.colocate: NCCL cannot hold two ranks "
+            "on one GPU; colocated engines take rollout.weight_sync: object_store"
         )
     return problems
+
+
+def sleep_level(recipe: Recipe) -> int:
+    """`rollout.sleep_level`, its default resolved: 1 where engines share GPUs, else 0."""
+    level = recipe.rollout.sleep_level
+    return (1 if recipe.placement.colocate else 0) if level is None else level
+
+
+def gpu_memory_utilization(recipe: Recipe) -> float:
+    """vLLM's share of each GPU: the recipe's, else 0.9 alone and 0.4 beside a learner rank."""
+    share = recipe.rollout.gpu_memory_utilization
+    return (0.4 if recipe.placement.colocate else 0.9) if share is None else share
+
+
+@dataclass(frozen=True)
+class Seat:
+    """Where one actor sits and what it asks Ray for. A colocated tensor-parallel vLLM engine
+    asks for no GPU itself: vLLM's Ray executor starts one worker in each of `tp_bundles`, each
+    asking `tp_worker_gpus` of that bundle's GPU (VLLM_RAY_BUNDLE_INDICES / _PER_WORKER_GPUS)."""
+
+    bundle: int | None
+    cpus: float
+    gpus: float
+    tp_bundles: tuple[int, ...] = ()
+    tp_worker_gpus: float = 0.0
+
+
+def seats(recipe: Recipe, plan: PlacementPlan) -> dict[str, list[Seat]]:
+    """Each actor's seat, by kind. Colocated GPUs are shared by fractions of one bundle's GPU, so
+    that Ray puts the sharers on one device: the learner rank asks LEARNER_GPU_SHARE, and the
+    rest is split between the engines there (k engines of 1/k GPU: each (1 - share) / k; an
+    engine of whole GPUs: (1 - share) on each GPU it spans, through its TP workers)."""
+    ro, pl = recipe.rollout, recipe.placement
+    groups = {g.kind: g for g in plan.groups}
+    out = {
+        kind: [Seat(b[0] if b else None, g.cpus, g.gpus) for b in g.bundles]
+        for kind, g in groups.items()
+    }
+    if not (pl.colocate and ro.gpus_per_worker > 0):
+        return out
+    rest = 1.0 - LEARNER_GPU_SHARE
+    out["learner"] = [Seat(s.bundle, s.cpus, LEARNER_GPU_SHARE) for s in out["learner"]]
+    rollout = []
+    for spans in groups["rollout"].bundles:
+        cpus = ro.cpus_per_worker / len(spans)  # what plan_placement added to each bundle
+        if ro.tensor_parallel > 1 and recipe.ray.enabled:
+            rollout.append(Seat(spans[0], cpus, 0.0, tuple(spans), rest))
+        elif ro.tensor_parallel > 1:  # in the driver's process: vLLM's own shard processes
+            rollout.append(Seat(None, cpus, float(ro.tensor_parallel)))
+        else:
+            rollout.append(Seat(spans[0], cpus, rest * ro.gpus_per_worker))
+    out["rollout"] = rollout
+    return out
 
 
 def cluster_of(recipe: Recipe) -> list[dict[str, float]] | None:
@@ -234,10 +312,17 @@ def placement_report(recipe: Recipe) -> tuple[str, list[str]]:
     """What `omnisched run --dry-run` prints after the config: a second YAML document holding
     the plan (headed by `render` as comments) and, when the recipe describes its cluster
     (`placement.nodes`), whether it fits; also the problems, so the caller can fail on them."""
+    from omnisched.orchestration.memory_plan import memory_plan, recipe_shape, render_plan
+
     plan = plan_placement(recipe)
     cluster = cluster_of(recipe)
     problems = check_fit(plan, cluster) if cluster is not None else []
     doc: dict[str, Any] = {"placement_plan": plan.to_dict()}
+    memory = memory_plan(recipe)
+    doc["memory_plan"] = memory.to_dict() if memory else None
+    memory_lines = render_plan(memory, recipe_shape(recipe)[1])
+    if memory is not None and memory.fits is False:
+        log.warning("%s (an estimate: see the memory plan)", memory_lines[0])
     if cluster is not None:
         pl = recipe.placement
         doc["target_cluster"] = {
@@ -247,6 +332,7 @@ def placement_report(recipe: Recipe) -> tuple[str, list[str]]:
             "fits": not problems,
             "problems": problems,
         }
-    comments = "".join(f"# {line}\n" for line in render(plan).splitlines())
+    lines = [*render(plan).splitlines(), *memory_lines]
+    comments = "".join(f"# {line}\n" for line in lines)
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
     return "---\n" + comments + body, problems

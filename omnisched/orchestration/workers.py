@@ -58,18 +58,51 @@ def _quiet_worker(threads: int | None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-class RolloutWorker:
-    """Owns one rollout engine: `generate` and `update_weights`."""
+def _for_vllm_ray_executor() -> None:
+    """vLLM's engine process (a child of this actor) starts the shard workers as Ray actors in
+    this actor's placement group: it joins this Ray (not a new local one), and it must see the
+    CUDA platform although Ray hid every GPU from this actor, which asked for none (each shard
+    worker gets its own GPU fraction; vLLM maps them to devices itself). Untested on GPUs."""
+    import ray
 
-    def __init__(self, backend: str, model_path: str, dtype: str, threads: int | None) -> None:
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+class RolloutWorker:
+    """Owns one rollout engine: `generate`, `update_weights`, `sleep` / `wake_up`.
+
+    `options` go to the engine's constructor (`rollout_pool.engine_options`: tensor parallelism,
+    sleep level); `env` is set first, for the processes the engine starts (vLLM's Ray executor)."""
+
+    def __init__(
+        self,
+        backend: str,
+        model_path: str,
+        dtype: str,
+        threads: int | None,
+        options: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         from omnisched.model.precision import resolve_dtype
         from omnisched.rollout import ENGINES
 
+        os.environ.update(env or {})
+        if "VLLM_RAY_BUNDLE_INDICES" in os.environ:
+            _for_vllm_ray_executor()
         _quiet_worker(threads)
-        self.engine = ENGINES.get(backend)(model_path, dtype=resolve_dtype(dtype), threads=threads)
+        engine = ENGINES.get(backend)
+        self.engine = engine(
+            model_path, dtype=resolve_dtype(dtype), threads=threads, **(options or {})
+        )
+        self.asleep = False
+        self.sleeps = 0  # how often it slept (colocated: once per learner step)
         freeze_long_lived()
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        if self.asleep:
+            raise OmniError("rollout: generate on a sleeping engine (wake_up first)")
         out = self.engine.generate(prompts, params)
         release_freed_memory()
         return out
@@ -77,6 +110,25 @@ class RolloutWorker:
     def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
         self.engine.update_weights(state_dict)
         return True
+
+    def sleep(self, level: int) -> str | None:
+        """Free GPU memory while a colocated learner trains: None once asleep, else why the
+        engine cannot (it then stays awake and serves as before)."""
+        if self.asleep:
+            return None
+        sleep = getattr(self.engine, "sleep", None)
+        reason = f"the {type(self.engine).__name__} engine cannot sleep" if sleep is None else None
+        reason = reason or sleep(level)
+        self.asleep = reason is None
+        self.sleeps += self.asleep
+        return reason
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Reallocate what `sleep` freed (`tags`: "weights" then "kv_cache", or None: all)."""
+        if self.asleep:
+            self.engine.wake_up(tags)
+            self.asleep = not (tags is None or "kv_cache" in tags)
+        return not self.asleep
 
     def join_weight_group(self, host: str, port: int, world_size: int, rank_offset: int) -> Any:
         """Join the learner's broadcast group (`rollout.weight_sync: broadcast`)."""

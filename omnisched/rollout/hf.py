@@ -66,6 +66,18 @@ class HFEngine:
         self.update_weights(dict(weight_sync.receive(self.weight_group, meta)))
         return len(meta)
 
+    def sleep(self, level: int) -> str | None:
+        """Free the GPU for a colocated learner step: weights offloaded to CPU, cached blocks
+        freed (levels 1 and 2 alike: there is no KV cache between calls to drop); None: done."""
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+        return None
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Weights back on the engine's device (`tags` as vLLM's; an HF engine holds only those)."""
+        self.model.to(self.device)
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         """`params.n` completions per prompt, in prompt order (see `sample_step` for logprobs).

@@ -33,6 +33,16 @@ receives them into buffers on its device and loads them through `reload_weights`
 `collective_rpc` returns once the broadcast is done, so the sender runs concurrently (another
 process or thread). Tested on CPU over gloo; the NCCL path on GPUs is untested, and the learner
 still sends from its CPU snapshot of the weights (`Learner.state_dict`).
+
+Tensor parallel (`tensor_parallel_size`, `distributed_executor_backend`: "mp" runs the shards as
+processes on the GPUs Ray gave this actor; "ray" starts vLLM's Ray workers in the placement-group
+bundles VLLM_RAY_BUNDLE_INDICES names, and falls back to "mp" on CPU). Every shard loads the full
+tensors of a sync and vLLM's weight loaders keep their part (tested with TP 2 on the CPU build).
+
+Sleep (`sleep_level` > 0 starts vLLM with `enable_sleep_mode`): `sleep(1)` frees the KV cache and
+offloads the weights to CPU, `sleep(2)` frees both; `wake_up` reallocates them. vLLM 0.32 has
+sleep mode on CUDA, ROCm and XPU only: elsewhere `sleep` returns the reason and the engine stays
+awake.
 """
 
 from __future__ import annotations
@@ -71,13 +81,20 @@ class VLLMEngine:
         dtype: str = "bfloat16",
         threads: int | None = None,
         entropy_topk: int = 20,
+        sleep_level: int = 0,
         **options: Any,
     ) -> None:
         self.entropy_topk = entropy_topk
+        self.asleep = 0  # the level slept at; generate refuses until wake_up
+        self.sleep_unsupported = sleep_unsupported() if sleep_level else None
         options.setdefault("max_logprobs", max(20, entropy_topk))
         options.setdefault("seed", 0)
+        if sleep_level and self.sleep_unsupported is None:
+            options.setdefault("enable_sleep_mode", True)
         cpu = current_platform.is_cpu()
         if cpu:
+            if options.get("distributed_executor_backend") == "ray":  # vLLM's needs GPUs
+                options["distributed_executor_backend"] = "mp"
             options.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
             # vLLM 0.32 CPU: a seeded request whose prefill is split in chunks crashes the worker
             # ("CPU Generator does not use offset"); whole prefills avoid that path
@@ -99,6 +116,10 @@ class VLLMEngine:
         With `params.seed` set, prompt i draws from seeds seed + i*n ... (vLLM gives the n
         children of a request seed + index), so repeated prompts still get distinct samples.
         """
+        if self.asleep:
+            raise RuntimeError(
+                f"generate on an engine asleep at level {self.asleep}: wake_up first"
+            )
         enc = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         inputs = [{"prompt_token_ids": ids} for ids in enc]
         sampling = [self._sampling(params, i) for i in range(len(prompts))]
@@ -134,6 +155,25 @@ class VLLMEngine:
         counts = self.llm.collective_rpc("receive_weights", args=(list(meta),))
         self.llm.reset_prefix_cache()
         return counts[0]
+
+    def sleep(self, level: int) -> str | None:
+        """Free GPU memory between generations (vLLM sleep mode: level 1 discards the KV cache
+        and offloads the weights to CPU, level 2 discards both); None once asleep, else why not
+        (the platform has no sleep mode: the engine stays awake)."""
+        if self.sleep_unsupported is not None:
+            return self.sleep_unsupported
+        self.llm.sleep(level=level)
+        self.asleep = level
+        return None
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Reallocate what `sleep` freed (`tags`: "weights", "kv_cache"; None: all). After level
+        2, wake the weights, load new ones, then wake the KV cache (vLLM's RLHF order)."""
+        if not self.asleep:
+            return
+        self.llm.wake_up(tags)
+        if tags is None or "kv_cache" in tags:
+            self.asleep = 0
 
     def _check_complete(self, names: Iterable[str]) -> None:
         """All checkpoint tensors must be named: vLLM's in-place reload does not undo a partial
@@ -190,6 +230,13 @@ def flat_logprobs_and_entropies(flat: Any, length: int) -> tuple[list[float], li
         terms = np.where(np.isfinite(lp), -np.exp(lp) * lp, 0.0)
     terms[starts] = 0.0
     return sampled.tolist(), np.add.reduceat(terms, starts).tolist()
+
+
+def sleep_unsupported() -> str | None:
+    """Why this platform cannot put vLLM to sleep (vLLM 0.32: CUDA, ROCm and XPU can), or None."""
+    if current_platform.is_sleep_mode_available():
+        return None
+    return f"vLLM sleep mode is not available on {current_platform.device_name} (GPU only)"
 
 
 def _checkpoint_names(folder: Path) -> set[str]:

@@ -9,10 +9,19 @@ group, packed in the metadata's order into flat byte buckets of up to `BUCKET_BY
 collective per bucket rather than per tensor; a bigger tensor gets a bucket of its own).
 Sending bytes also makes any dtype (bf16, bool) travel over gloo. A state dict that holds one
 tensor under two names (tied embeddings) sends it twice; each name arrives as its own tensor.
+
+Aborting. A party that dies mid-broadcast leaves the others waiting until the group's timeout
+(gloo and NCCL alike). So every party waits for each bucket by polling, and checks the group's
+store for an abort key every `POLL_S`: whoever sees the death (the driver) calls `abort(host,
+port)`, and every party still waiting raises `WeightSyncAborted` within a poll. A tensor-parallel
+engine's shards are parties of their own: each receives the full tensors (its loader keeps its
+shard).
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,15 +33,24 @@ import torch.distributed as dist
 BUCKET_BYTES = 64 << 20
 ALIGN = 16  # bucket offsets stay aligned so that each slice can be viewed as its dtype
 TensorMeta = tuple[str, str, tuple[int, ...]]  # name, dtype ("bfloat16"), shape
+POLL_S = 0.5  # how often a waiting party looks for an abort in the store
+PREFIX = "omnisched-weights"
+ABORT_KEY = "abort"
+
+
+class WeightSyncAborted(RuntimeError):
+    """The group was aborted (a party died) while this party waited for a bucket."""
 
 
 @dataclass(frozen=True)
 class WeightGroup:
-    """A joined group: its c10d backend (gloo or NCCL), this party's rank, its buffers' device."""
+    """A joined group: its c10d backend (gloo or NCCL), this party's rank, its buffers' device,
+    and the store it was built from (where an abort is posted)."""
 
     pg: Any
     rank: int
     device: torch.device
+    store: Any = None
 
 
 def join(
@@ -50,7 +68,7 @@ def join(
     device = torch.device(device)
     timeout = timedelta(seconds=timeout_s)
     store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
-    store = dist.PrefixStore("omnisched-weights", store)
+    store = dist.PrefixStore(PREFIX, store)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         options = dist.ProcessGroupNCCL.Options()
@@ -58,7 +76,25 @@ def join(
         pg = dist.ProcessGroupNCCL(store, rank, world_size, options)
     else:
         pg = dist.ProcessGroupGloo(store, rank, world_size, timeout)
-    return WeightGroup(pg, rank, device)
+    return WeightGroup(pg, rank, device, store)
+
+
+def abort(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """Post an abort in the store of the group hosted at `host:port`: every party waiting in a
+    broadcast of that group raises `WeightSyncAborted` within `POLL_S`. False when the store
+    is gone (its host, learner rank 0, died: the parties' polls then fail and abort too)."""
+    try:
+        client = dist.TCPStore(
+            host,
+            port,
+            is_master=False,
+            timeout=timedelta(seconds=timeout_s),
+            wait_for_workers=False,
+        )
+        dist.PrefixStore(PREFIX, client).set(ABORT_KEY, "1")
+        return True
+    except (RuntimeError, OSError):  # torch raises DistStoreError (a RuntimeError) when it is gone
+        return False
 
 
 def weights_meta(state_dict: Mapping[str, torch.Tensor]) -> list[TensorMeta]:
@@ -122,7 +158,29 @@ def receive(
 def _broadcast(group: WeightGroup, buffer: torch.Tensor) -> None:
     options = dist.BroadcastOptions()
     options.rootRank = 0
-    group.pg.broadcast([buffer], options).wait()
+    _wait(group, group.pg.broadcast([buffer], options))
+
+
+def _wait(group: WeightGroup, work: Any) -> None:
+    """Wait for `work`, looking for an abort in the group's store every POLL_S."""
+    delay, check_at = 1e-4, time.monotonic() + POLL_S
+    while not work.is_completed():
+        if group.store is not None and time.monotonic() >= check_at:
+            if _aborted(group.store):
+                with contextlib.suppress(Exception):  # free NCCL's communicator; gloo may not
+                    group.pg.abort()
+                raise WeightSyncAborted(f"weight broadcast aborted (group rank {group.rank})")
+            check_at = time.monotonic() + POLL_S
+        time.sleep(delay)
+        delay = min(2 * delay, 0.01)
+    work.wait()  # raises the collective's own error, if any
+
+
+def _aborted(store: Any) -> bool:
+    try:
+        return store.check([ABORT_KEY])
+    except (RuntimeError, OSError):  # the store's host is gone: nobody will send the rest
+        return True
 
 
 def _nbytes(entry: TensorMeta) -> int:
