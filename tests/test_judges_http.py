@@ -11,8 +11,10 @@ token, so greedy decoding gives it under any float summation order; else it fail
 from __future__ import annotations
 
 import json
+import os
 import random
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -422,6 +424,7 @@ def test_against_vllm_serve(judge_model, tmp_path):
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its engine-core and worker processes die with it
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -429,5 +432,6 @@ def test_against_vllm_serve(judge_model, tmp_path):
         prompts, completions = items(3, seed=9)
         assert [v.score for v in judge.judge(prompts, completions)] == pytest.approx([SEVEN] * 3)
     finally:
-        proc.kill()
+        # killing the server alone left vLLM's EngineCore and its worker (1.7 GB) orphaned
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
