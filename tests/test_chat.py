@@ -280,3 +280,29 @@ def test_grpo_on_the_bpe_chat_model_with_a_conversational_domain(tmp_path, chat_
         assert r["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["kind"] == "train"] == [1, 2]
+
+
+def test_local_instruct_recipe_passes_the_dry_run_on_a_local_folder(
+    tmp_path, chat_folder, monkeypatch
+):
+    """recipes/local-instruct.yaml: reasoning-gym, HumanEval and a judged conversational domain
+    on a local model folder; its placeholder model.path is refused in one line."""
+    from omnisched.config import load_recipe
+    from omnisched.preflight import check_runnable
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "omnisched.cli", "run", "recipes/local-instruct.yaml",
+         "--dry-run", f"run.output_dir={tmp_path / 'runs'}", f"model.path={chat_folder}"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    resolved = next(yaml.safe_load_all(ok.stdout))
+    assert [(d["name"], d["type"]) for d in resolved["domains"]] == [
+        ("arithmetic", "gym"), ("gsm", "gym"), ("humaneval", "humaneval"), ("open", "data")
+    ]  # fmt: skip
+    assert resolved["domains"][3]["reward"][0]["judge"] == "http"
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.chdir(ROOT)  # the recipe's data path is relative to the repository root
+    recipe = load_recipe("recipes/local-instruct.yaml")  # model.path: models/tiny-instruct
+    with pytest.raises(DataError, match=r"^domain 'open': recipes/data/open-ended.jsonl: row 0"):
+        check_runnable(recipe)

@@ -115,7 +115,7 @@ class DomainConfig(Strict):
 
     name: str
     type: str = Field(
-        ..., description="builtin generator: math | code | qa | creative | data | gym"
+        ..., description="builtin generator: math | code | qa | creative | data | gym | humaneval"
     )
     options: dict[str, Any] = Field(default_factory=dict)
     eval_size: int = Field(64, ge=1)

@@ -12,6 +12,7 @@ from omnisched.domains.code import CodeDomain
 from omnisched.domains.creative import CreativeDomain
 from omnisched.domains.data import DataDomain
 from omnisched.domains.gym import GymDomain
+from omnisched.domains.humaneval import HumanEvalDomain
 from omnisched.domains.qa import QADomain
 from omnisched.errors import ConfigError
 from omnisched.registry import Registry
@@ -23,6 +24,7 @@ DOMAIN_TYPES.add("qa", QADomain)
 DOMAIN_TYPES.add("creative", CreativeDomain)
 DOMAIN_TYPES.add("data", DataDomain)
 DOMAIN_TYPES.add("gym", GymDomain)
+DOMAIN_TYPES.add("humaneval", HumanEvalDomain)
 
 
 def build_domain(cfg: DomainConfig, seed: int, chat: ChatTemplate | None = None) -> Domain:

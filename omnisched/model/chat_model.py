@@ -104,4 +104,4 @@ def build_chat_model(
 if __name__ == "__main__":  # python -m omnisched.model.chat_model OUT_DIR
     import sys
 
-    print(build_chat_model(sys.argv[1]))
+    print(build_chat_model(sys.argv[1], TinyModelConfig(max_position_embeddings=2048)))
