@@ -152,6 +152,32 @@ def test_conversational_rows_are_rendered_and_keep_their_messages(tmp_path, chat
     assert _domain(strings, ChatTemplate(chat_folder)).eval_set[0].prompt == "2+2="  # as before
 
 
+def test_warm_start_demos_encode_as_the_template_renders_the_whole_conversation(
+    tmp_path, chat_folder
+):
+    """SFT on a conversational demonstration: rendered prompt + completion + EOS are the
+    tokens of the template's rendering of the conversation with the assistant's answer."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from omnisched.model.warm_start import IGNORE, encode_demos
+
+    tok = AutoTokenizer.from_pretrained(str(chat_folder))
+    dom = _domain(_jsonl(tmp_path / "d.jsonl", _rows()), ChatTemplate(chat_folder),
+                  completion_field="completion")  # fmt: skip
+    demos = dom.demonstrations(random.Random(0), 3)
+    examples = {ex.prompt: ex for ex in dom._train}
+    for (ids, labels), (prompt, completion) in zip(encode_demos(tok, demos, 256), demos):
+        messages = examples[prompt].columns["messages"]
+        full = tok.apply_chat_template(
+            [*messages, {"role": "assistant", "content": completion}], tokenize=False
+        )
+        assert ids == tok.encode(full.removesuffix("\n"), add_special_tokens=False)
+        taught = [t for t in labels if t != IGNORE]
+        assert tok.decode(taught) == completion + "<|im_end|>"  # the answer, then end of turn
+
+
 def test_verifiers_and_judges_receive_the_messages(tmp_path, chat_folder):
     import rewards
     from judges.core import JudgeCore
