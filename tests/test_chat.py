@@ -114,6 +114,11 @@ def test_engine_stops_on_any_eos_id_and_the_learner_scores_its_exact_tokens(tmp_
     end = first.token_ids.index(stop) + 1
     assert stopped.finished and stopped.token_ids == first.token_ids[:end]
     assert stopped.text == tok.decode(first.token_ids[: end - 1], skip_special_tokens=True)
+    from judges.local_model import LocalGenerator  # the local judge model stops there too
+
+    reply = LocalGenerator(folder).generate([QUESTION], max_tokens=10)[0]
+    assert (reply.finish_reason, reply.text) == ("stop", stopped.text)
+    assert reply.completion_tokens == end - 1
 
 
 def test_rendering_matches_apply_chat_template_without_importing_torch(chat_folder):
