@@ -25,10 +25,10 @@ def is_conversational(value: Any) -> bool:
 
 
 def check_messages(value: Any, where: str) -> Messages:
-    """The messages as plain `{role, content}` dicts, or a one-line DataError saying `where`.
+    """The messages, checked, or a one-line DataError saying `where`.
 
     HF datasets gives every message of a file the union of the keys seen, None where absent,
-    so a key is missing when its value is None.
+    so a key is missing when its value is None; such None keys are left out of the result.
     """
     if not value:
         raise DataError(f"{where}: the message list is empty")
@@ -48,7 +48,7 @@ def check_messages(value: Any, where: str) -> Messages:
             raise DataError(f"{where}: message {k} has role {role!r}; known: {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise DataError(f"{where}: message {k}: content must be a string, got {content!r}")
-        out.append({"role": role, "content": content})
+        out.append({key: v for key, v in msg.items() if v is not None})  # e.g. `name` too
     return out
 
 
@@ -62,7 +62,8 @@ def completion_text(value: Any, where: str) -> str | None:
         if len(messages) == 1 and messages[0]["role"] == "assistant":
             return messages[0]["content"]
     raise DataError(
-        f"{where}: must be a string or a list of one assistant message, got {str(value)[:80]}"
+        f"{where}: must be a string or a list of one assistant message, "
+        f"got {' '.join(str(value).split())[:80]}"
     )
 
 
