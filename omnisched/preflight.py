@@ -108,6 +108,6 @@ def check_runnable(recipe: Recipe) -> None:
     problems = unsupported_by_controller(recipe)
     if problems:
         raise OmniError("; ".join(problems))
-    chat = ChatTemplate(recipe.model.path)  # conversational rows are rendered as `run` would
+    chat = ChatTemplate.of(recipe.model)  # conversational rows are rendered as `run` would
     for cfg in recipe.domains:
         build_domain(cfg, recipe.data_seed, chat)  # DataError / ConfigError name the file

@@ -183,6 +183,35 @@ def test_warm_start_demos_encode_as_the_template_renders_the_whole_conversation(
         assert tok.decode(taught) == completion + "<|im_end|>"  # the answer, then end of turn
 
 
+def test_the_tiny_chat_model_warm_starts_on_conversational_demonstrations(tmp_path):
+    """model.tiny.tokenizer=chat: the tiny model gets the BPE chat tokenizer, so conversational
+    rows with a completion_field train its warm start (formerly a 154-line traceback); the
+    folder it writes renders prompts exactly as the driver did before it existed."""
+    from omnisched.config import load_recipe
+    from omnisched.domains import build_domains
+    from omnisched.orchestration import sft
+    from omnisched.orchestration.backend import InlineBackend
+
+    data = _jsonl(tmp_path / "d.jsonl", _rows(12))
+    recipe = load_recipe(ROOT / "recipes/tiny.yaml", [
+        "model.tiny.tokenizer=chat", "model.tiny.hidden_size=64", "model.tiny.num_layers=1",
+        "model.tiny.intermediate_size=128", "model.warm_start.steps=3",
+        "model.warm_start.batch_size=4", "model.warm_start.examples_per_domain=16",
+        f"model.warm_start.cache_dir={tmp_path / 'cache'}",
+        f"domains=[{{name: chatmath, type: data, eval_size: 2, options: {{path: {data}, "
+        "completion_field: completion}, reward: [{verifier: exact_match}]}]",
+    ])  # fmt: skip
+    domains = build_domains(recipe)
+    (tmp_path / "run").mkdir()
+    folder = Path(sft.warm_start(recipe, domains, InlineBackend(), tmp_path / "run"))
+    steps = (tmp_path / "run" / "warm_start_progress.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in steps] == [1, 2, 3]
+    ex = domains["chatmath"].eval_set[0]
+    assert ChatTemplate(folder).render(ex.columns["messages"], "t") == ex.prompt
+    gen = json.loads((folder / "generation_config.json").read_text())
+    assert len(gen["eos_token_id"]) == 2
+
+
 def test_verifiers_and_judges_receive_the_messages(tmp_path, chat_folder):
     import rewards
     from judges.core import JudgeCore

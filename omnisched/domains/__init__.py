@@ -40,7 +40,7 @@ def build_domain(cfg: DomainConfig, seed: int, chat: ChatTemplate | None = None)
 
 def build_domains(recipe: Recipe) -> dict[str, Domain]:
     """Every domain of `recipe` by name, conversational rows rendered with the model's template."""
-    chat = ChatTemplate(recipe.model.path)
+    chat = ChatTemplate.of(recipe.model)
     return {d.name: build_domain(d, recipe.data_seed, chat) for d in recipe.domains}
 
 

@@ -76,9 +76,18 @@ class ChatTemplate:
     function as transformers' `apply_chat_template(..., add_generation_prompt=True,
     tokenize=False)`, with the tokenizer's special tokens as template variables."""
 
-    def __init__(self, model_path: str | Path | None) -> None:
+    def __init__(self, model_path: str | Path | None, builtin: str | None = None) -> None:
         self.model_path = None if model_path is None else Path(model_path).expanduser()
-        self._loaded: tuple[str, dict[str, str]] | None = None
+        self._loaded: tuple[str, dict[str, str]] | None = (builtin, {}) if builtin else None
+
+    @classmethod
+    def of(cls, model_cfg: Any) -> ChatTemplate:
+        """A recipe's `model`: `path`'s template, else that of the tiny model's tokenizer."""
+        if model_cfg.path is None and model_cfg.tiny.tokenizer == "chat":
+            from omnisched.model.chat_model import CHAT_TEMPLATE
+
+            return cls(None, CHAT_TEMPLATE)
+        return cls(model_cfg.path)
 
     def render(self, messages: Messages, where: str) -> str:
         """The prompt text the model sees for `messages`, ending in the assistant's turn."""
@@ -105,8 +114,9 @@ class ChatTemplate:
     def _read(self, where: str) -> tuple[str, dict[str, str]]:
         if self.model_path is None:
             raise DataError(
-                f"{where}: conversational rows need a chat template, and the built-in tiny "
-                "model's tokenizer has none; set model.path to a model folder whose tokenizer does"
+                f"{where}: conversational rows need a chat template, and the tiny model's char "
+                "tokenizer has none; set model.tiny.tokenizer=chat, or model.path to a model "
+                "folder whose tokenizer has one"
             )
         if not (self.model_path / "config.json").is_file():
             raise DataError(

@@ -13,11 +13,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from pathlib import Path
-
-from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
+from typing import TYPE_CHECKING
 
 from omnisched.config.schema import TinyModelConfig
-from omnisched.model.build import build_tiny_model, save_model
+
+if TYPE_CHECKING:  # torch-free at import: the driver reads CHAT_TEMPLATE for the tiny model
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 END_OF_TEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHAT_TEMPLATE = (  # Qwen2.5's layout without its tool-calling branches
@@ -50,6 +51,7 @@ def build_bpe_tokenizer(
     """Byte-level BPE (every byte has a token, so any text round-trips) with Qwen's specials,
     EOS `<|im_end|>`, padding `<|endoftext|>` and the chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
 
     specials = [END_OF_TEXT, IM_START, IM_END]
     bpe = Tokenizer(models.BPE())
@@ -94,11 +96,17 @@ def build_chat_model(
 ) -> Path:
     """Write a randomly initialised tiny Qwen2 model with the BPE chat tokenizer to `path`;
     its generation config stops on `<|im_end|>` or `<|endoftext|>`."""
+    from omnisched.model.build import build_tiny_model, save_model
+
     tokenizer = build_bpe_tokenizer(vocab_size=vocab_size)
     model = build_tiny_model(tiny or TinyModelConfig(), tokenizer, seed)
-    stops = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
-    model.generation_config.eos_token_id = stops
+    stop_on_both_eos(model, tokenizer)
     return save_model(model, tokenizer, path)
+
+
+def stop_on_both_eos(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> None:
+    """generation_config.json's `eos_token_id` = [<|im_end|>, <|endoftext|>], as chat models."""
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
 
 
 if __name__ == "__main__":  # python -m omnisched.model.chat_model OUT_DIR
