@@ -39,7 +39,9 @@ def engine_options(recipe: Recipe, seat: Seat) -> tuple[dict[str, Any], dict[str
     ro = recipe.rollout
     options: dict[str, Any] = {}
     env: dict[str, str] = {}
-    if ro.backend != "vllm":  # the HF engine sleeps by offloading: nothing to set up
+    if ro.backend == "hf":  # the HF engine sleeps by offloading: nothing else to set up
+        return {"decode": ro.hf.decode, "compile": ro.hf.compile}, env
+    if ro.backend != "vllm":
         return options, env
     level = sleep_level(recipe)
     if level:  # vLLM's sleep mode is chosen when the engine starts
