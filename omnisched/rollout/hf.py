@@ -78,6 +78,28 @@ class HFEngine:
                 f"weights do not match the model: missing {missing}, unexpected {unexpected}"
             )
 
+    @torch.no_grad()
+    def copy_weights(self, live: Mapping[str, torch.Tensor]) -> int:
+        """Copy a learner's live tensors (same process) into this engine's, in place: device to
+        device, cast to the engine's dtype, no CPU snapshot; all must be given. Returns how many
+        tensors were written (tied ones once)."""
+        own = self.model.state_dict(keep_vars=True)
+        missing = [k for k in own if k not in live and k not in tied_aliases(self.model, live)]
+        unexpected = [k for k in live if k not in own]
+        if missing or unexpected:
+            raise KeyError(
+                f"weights do not match the model: missing {missing}, unexpected {unexpected}"
+            )
+        seen: set[int] = set()
+        for name, src in live.items():
+            dst = own[name]
+            if dst.data_ptr() not in seen:  # a tied tensor is written once
+                seen.add(dst.data_ptr())
+                dst.data.copy_(src.detach(), non_blocking=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return len(seen)
+
     def join_weight_group(self, host: str, port: int, world_size: int, rank_offset: int = 1) -> int:
         """Join the learner's broadcast group (`weight_sync`) as rank `rank_offset`; blocks until
         every party has joined, so the learner (rank 0) must join concurrently."""
