@@ -10,6 +10,7 @@ compacted; the CPU default) and `mask` (finished rows are masked in a static cac
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from inspect import signature
 from pathlib import Path
 
 import torch
@@ -61,6 +62,7 @@ class HFEngine:
         if self.decode == "mask":
             check_maskable(self.model.config)
         self.check_every = check_every
+        self._takes_cache_position = "cache_position" in signature(self.model.forward).parameters
         self._step = None
         if compile:  # CUDA graphs need static shapes and addresses: the static cache has both
             cuda_graphs = self.device.type == "cuda" and compile is True
@@ -149,10 +151,11 @@ class HFEngine:
             ids, mask, pos = (x.repeat_interleave(n, 0) for x in (ids, mask, pos))
             mask = torch.cat([mask, mask.new_ones(rows, params.max_new_tokens)], dim=1)
             cache = self._static_cache(rows, mask.shape[1])
-            logits = self._forward(ids, mask, pos, cache)
+            slots = torch.arange(mask.shape[1], device=self.device)
+            logits = self._forward(ids, mask, pos, cache, slots[: ids.shape[1]])
             step = self._step or self._forward
             args = (step, logits, cache, mask, last_pos, params, uniforms, self.eos, self.pad)
-            decoded = decode_mask(*args, check_every=self.check_every)
+            decoded = decode_mask(*args, slots=slots, check_every=self.check_every)
         else:
             cache = DynamicCache(config=self.model.config)
             logits = self._forward(ids, mask, pos, cache)  # prefill each prompt once, then repeat
@@ -173,7 +176,13 @@ class HFEngine:
         shape = (params.max_new_tokens, rows)
         return torch.rand(shape, generator=gen, device=self.device)
 
-    def _forward(self, ids, mask, pos, cache) -> torch.Tensor:
+    def _forward(self, ids, mask, pos, cache, cache_position=None) -> torch.Tensor:
+        """Last-position logits. `cache_position` (the static cache's slots) is passed to
+        transformers versions whose forward still takes it (it then need not ask the cache,
+        a host sync per step); later versions read it from the cache itself."""
+        extra = {}
+        if cache_position is not None and self._takes_cache_position:
+            extra["cache_position"] = cache_position
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -181,6 +190,7 @@ class HFEngine:
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **extra,
         )
         return out.logits[:, -1]
 

@@ -108,14 +108,17 @@ def decode_mask(
     uniforms: torch.Tensor,
     eos: int,
     pad: int,
+    slots: torch.Tensor | None = None,
     check_every: int = 16,
 ) -> Decoded:
     """Decode every row to the end (finished rows masked); `mask` spans the whole static cache
-    (prompt + max_new_tokens columns: causality hides the columns not yet written)."""
+    (prompt + max_new_tokens columns: causality hides the columns not yet written); `slots`:
+    the cache positions 0..width-1 on the device, handed to `step` one at a time."""
     rows_total = logits.shape[0]
     record = Record(rows_total, params.max_new_tokens, pad, logits.device)
     done = torch.zeros(rows_total, dtype=torch.bool, device=logits.device)
     pad_tok = torch.full_like(done, pad, dtype=torch.long)
+    width = mask.shape[1] - params.max_new_tokens  # the prompt's columns
     for t in range(params.max_new_tokens):
         tok, logprob, entropy = sample_step(logits, params, uniforms[t])
         tok = torch.where(done, pad_tok, tok)
@@ -125,7 +128,8 @@ def decode_mask(
             break
         if (t + 1) % check_every == 0 and bool(done.all()):
             break
-        logits = step(tok[:, None], mask, (last_pos + t + 1)[:, None], cache)
+        slot = None if slots is None else slots[width + t : width + t + 1]
+        logits = step(tok[:, None], mask, (last_pos + t + 1)[:, None], cache, slot)
     return record.to_host(eos)
 
 
