@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_rollout.py [--prompts 64 --n 8 --new-tokens 32]
         [--sizes tiny,medium] [--dtype bfloat16] [--threads 2] [--entropy-topk 20]
+        [--decode auto|drop|mask]
 
 Models are built from config with random weights (no download): `tiny` (hidden 64, 2 layers,
 ~0.1M parameters) and `medium` (hidden 768, 8 layers, ~69M). Each engine generates the same
@@ -62,7 +63,7 @@ def run_size(size: str, folder: Path, args: argparse.Namespace, prompts: list[st
     path, n_params = build(size, folder)
     params = SamplingParams(n=args.n, max_new_tokens=args.new_tokens, temperature=1.0, seed=0)
     row: dict = {"size": size, "parameters": n_params, "config": SIZES[size].model_dump()}
-    hf = ENGINES.get("hf")(path, dtype=args.dtype, threads=args.threads)
+    hf = ENGINES.get("hf")(path, dtype=args.dtype, threads=args.threads, decode=args.decode)
     row["hf"] = throughput(hf, prompts, params)
     del hf
     print(f"{size} ({n_params / 1e6:.1f}M): hf {row['hf']['tokens_per_s']} tokens/s", flush=True)
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--entropy-topk", type=int, default=20)
+    parser.add_argument("--decode", default="auto", help="the HF engine's decode loop")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rollout.json")
     args = parser.parse_args()
     prompts = [

@@ -55,16 +55,20 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def hf_sides(model: Path, s: dict[str, Any]) -> tuple[Callable[[int], int], Callable[[int], int]]:
-    """(ours, peer): each generates the batch with a seed and returns the generated tokens."""
+def hf_sides(
+    model: Path, s: dict[str, Any], **engine_options: Any
+) -> tuple[Callable[[int], int], Callable[[int], int]]:
+    """(ours, peer): each generates the batch with a seed and returns the generated tokens; the
+    raw model sits on the engine's device (`engine_options`: `HFEngine`'s, e.g. `compile`)."""
     import torch
 
     from omnisched.model import load_model
     from omnisched.rollout import ENGINES, SamplingParams
 
-    engine = ENGINES.get("hf")(model, dtype=s["dtype"], threads=s["threads"])
+    engine = ENGINES.get("hf")(model, dtype=s["dtype"], threads=s["threads"], **engine_options)
     attn = engine.model.config._attn_implementation
     raw, tokenizer = load_model(model, s["dtype"], attn)
+    raw.to(engine.device)
     prompts = math_prompts(s["prompts"])
 
     def ours(seed: int) -> int:
@@ -75,6 +79,7 @@ def hf_sides(model: Path, s: dict[str, Any]) -> tuple[Callable[[int], int], Call
     def peer(seed: int) -> int:
         torch.manual_seed(seed)
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(engine.device)
         out = raw.generate(
             **enc,
             do_sample=True,
@@ -86,7 +91,7 @@ def hf_sides(model: Path, s: dict[str, Any]) -> tuple[Callable[[int], int], Call
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        return generated_tokens(out[:, enc["input_ids"].shape[1] :], tokenizer.eos_token_id)
+        return generated_tokens(out[:, enc["input_ids"].shape[1] :].cpu(), tokenizer.eos_token_id)
 
     return ours, peer
 

@@ -158,3 +158,26 @@ def test_learner_benchmark_smoke_run_writes_its_ratio(tmp_path):
     tokens = next(f for f in data["figures"] if f["name"] == "learner tokens/s")
     assert tokens["ours"] > 0 and tokens["peer"] > 0 and tokens["ratio"] > 0
     assert "ratio" in proc.stdout and data["mode"] == "smoke"
+
+
+def test_gpu_benchmark_runs_its_cpu_smoke_mode_and_writes_both_sides(tmp_path):
+    """Without CUDA bench_gpu.py runs a tiny shape: omnisched's in-process loop, TRL's
+    GRPOTrainer, the engine vs raw generate and the learner's peak share, all with figures."""
+    command = [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--smoke", "--vocab", "char"]
+    proc = subprocess.run(
+        [*command, "--threads", "1", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    assert data["mode"] == "smoke" and data["settings"]["vocabs"] == ["char"]
+    figures = {f["name"]: f for f in data["figures"]}
+    for name in ("e2e samples/s", "e2e tokens/s", "HFEngine tokens/s"):
+        assert figures[f"[char] {name}"]["ours"] > 0 and figures[f"[char] {name}"]["ratio"] > 0
+    assert 0 < figures["[char] learner share of bf16 peak"]["ours"] < 1
+    run = data["details"]["char"]
+    assert run["omnisched"]["samples_trained"] > 0  # the length reward gave groups signal
+    assert 1 <= run["trl"]["completion_len"] <= 8 and run["omnisched"]["sync_s"] > 0

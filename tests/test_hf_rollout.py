@@ -137,3 +137,70 @@ def test_update_weights_turns_the_random_engine_into_the_trained_one(folders):
     assert engine.model.dtype == torch.bfloat16
     with pytest.raises(KeyError, match="missing"):
         engine.update_weights({"lm_head.weight": trained_model.lm_head.weight})
+
+
+@pytest.fixture(scope="module")
+def masked(folders) -> dict[str, HFEngine]:
+    return {name: HFEngine(path, dtype="float32", decode="mask") for name, path in folders.items()}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 1.6])
+def test_mask_and_drop_decoding_sample_the_same_tokens(engines, masked, temperature):
+    """Dropping finished rows (the CPU loop) and masking them in a static cache (the GPU loop)
+    sample the same tokens with one seed, rows finishing at different steps; the logprobs and
+    entropies agree to float rounding."""
+    params = SamplingParams(n=4, max_new_tokens=8, temperature=temperature, seed=5)
+    prompts = [f"{w}>" for w in HELD_OUT[:6]] + PROMPTS
+    drop = [c for g in engines["trained"].generate(prompts, params) for c in g]
+    mask = [c for g in masked["trained"].generate(prompts, params) for c in g]
+    assert engines["trained"].decode == "drop" and masked["trained"].decode == "mask"
+    assert len({len(c.token_ids) for c in drop}) > 1  # some rows left the batch early
+    assert [c.token_ids for c in mask] == [c.token_ids for c in drop]
+    assert [(c.text, c.finished) for c in mask] == [(c.text, c.finished) for c in drop]
+    for a, b in zip(mask, drop, strict=True):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs))
+        torch.testing.assert_close(torch.tensor(a.entropies), torch.tensor(b.entropies))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.6])
+def test_masked_logprobs_and_entropies_match_a_forward_pass(masked, folders, temperature):
+    reference, _ = load_model(folders["trained"], "float32")
+    params = SamplingParams(n=3, max_new_tokens=8, temperature=temperature, seed=3)
+    for c in [c for g in masked["trained"].generate(PROMPTS, params) for c in g]:
+        logprobs, entropies = recompute(reference, c, temperature)
+        torch.testing.assert_close(torch.tensor(c.logprobs), logprobs, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.tensor(c.entropies), entropies, atol=2e-4, rtol=1e-4)
+
+
+def test_a_compiled_masked_step_decodes_as_the_eager_one(folders, masked):
+    """`compile` traces the decode step over the static cache (dynamo; the "eager" backend keeps
+    the test fast: inductor's code generation is what a GPU run adds)."""
+    params = SamplingParams(n=2, max_new_tokens=6, temperature=1.0, seed=1)
+    compiled = HFEngine(folders["trained"], dtype="float32", compile="eager")
+    assert compiled.decode == "mask"
+    out = [c for _ in range(2) for g in compiled.generate(PROMPTS, params) for c in g]
+    eager = [c for _ in range(2) for g in masked["trained"].generate(PROMPTS, params) for c in g]
+    assert [c.token_ids for c in out] == [c.token_ids for c in eager]
+
+
+def test_decode_choice_and_its_one_line_errors(tmp_path):
+    from omnisched.errors import OmniError
+    from omnisched.model import build_char_tokenizer, build_tiny_model, save_model
+    from omnisched.rollout.hf import resolve_decode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [resolve_decode("auto", d, False) for d in (cpu, cuda)] == ["drop", "mask"]
+    assert resolve_decode("auto", cpu, True) == "mask"
+    with pytest.raises(OmniError, match=r"^rollout.hf.decode: unknown 'fast'; known: auto, drop"):
+        resolve_decode("fast", cpu, False)
+    with pytest.raises(OmniError, match=r"^rollout.hf.compile: true needs rollout.hf.decode"):
+        resolve_decode("drop", cpu, True)
+    tok = build_char_tokenizer()
+    model = build_tiny_model(TINY, tok, seed=0)
+    model.config.use_sliding_window, model.config.sliding_window = True, 8
+    model.config.max_window_layers = 1  # layer 1 of 2 attends within a window
+    model.config.layer_types = ["full_attention", "sliding_attention"]
+    folder = save_model(model, tok, tmp_path / "sliding")
+    with pytest.raises(OmniError, match=r"^rollout.hf.decode: mask does not support the slid"):
+        HFEngine(folder, dtype="float32", decode="mask")
+    assert HFEngine(folder, dtype="float32").decode == "drop"  # the drop loop serves it

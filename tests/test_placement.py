@@ -246,7 +246,8 @@ def test_colocated_seats_split_each_gpu_between_learner_and_engines():
         (1, 0.25),
     ]
     assert [(s.bundle, s.gpus) for s in where["learner"]] == [(0, 0.5), (1, 0.5)]
-    assert engine_options(quarter, where["rollout"][0]) == ({}, {})  # hf: offloads, no options
+    hf = ({"decode": "auto", "compile": False}, {})  # hf: offloads on sleep, decode options only
+    assert engine_options(quarter, where["rollout"][0]) == hf
 
 
 class _Recorder(InlineBackend):

@@ -231,10 +231,15 @@ def test_leaving_out_tied_groups_never_changes_the_gradient(loss_agg: str) -> No
     assert ratio > 1.2
 
 
-@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.5])
-def test_learner_logprobs_equal_the_engines_on_policy(tmp_path: Path, temperature: float) -> None:
+@pytest.mark.parametrize(
+    ("temperature", "decode"), [(0.7, "drop"), (1.0, "drop"), (1.5, "drop"), (0.7, "mask")]
+)
+def test_learner_logprobs_equal_the_engines_on_policy(
+    tmp_path: Path, temperature: float, decode: str
+) -> None:
     """The HF engine samples at T and returns the sampled tokens' logprobs; the learner's
-    logprobs of the same tokens at T agree, so the on-policy importance ratio is 1."""
+    logprobs of the same tokens at T agree, so the on-policy importance ratio is 1, whichever
+    decode loop sampled them (rows dropped from the batch, or masked in a static cache)."""
     from omnisched.config.schema import TinyModelConfig
     from omnisched.model import build_char_tokenizer, build_tiny_model, load_model, save_model
     from omnisched.rollout import HFEngine, SamplingParams
@@ -244,7 +249,7 @@ def test_learner_logprobs_equal_the_engines_on_policy(tmp_path: Path, temperatur
         hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64
     )
     save_model(build_tiny_model(cfg, tok, 0), tok, tmp_path)
-    engine = HFEngine(str(tmp_path), dtype="float32")
+    engine = HFEngine(str(tmp_path), dtype="float32", decode=decode)
     params = SamplingParams(n=3, max_new_tokens=6, temperature=temperature, seed=0)
     done = [c for g in engine.generate(["ab>", "hello"], params) for c in g]
     model, _ = load_model(tmp_path, "float32")

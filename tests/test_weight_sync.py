@@ -271,3 +271,39 @@ def test_a_ray_run_syncs_rollout_weights_by_broadcast_and_falls_back_after_a_res
     for name, value in learner.items():
         assert torch.equal(engine[name], value), name
         assert torch.equal(restarted[name], value), name
+
+
+def test_in_process_sync_copies_the_learners_live_tensors_into_the_engine(tmp_path, monkeypatch):
+    """ray.enabled=false: after `sync_weights` the engine's (bf16) parameters hold the learner's
+    (fp32) weights, written into the engine's own storage (data pointers unchanged) from the
+    learner's live tensors: no CPU snapshot of its state dict is taken (that path would raise)."""
+    from omnisched.orchestration.backend import InlineBackend
+    from omnisched.orchestration.learner_group import LearnerGroup
+    from omnisched.orchestration.rollout_pool import RolloutPool
+    from omnisched.orchestration.workers import LearnerWorker
+
+    tok = build_char_tokenizer()
+    trained = save_model(build_tiny_model(TINY, tok, seed=1), tok, tmp_path / "learner")
+    start = save_model(build_tiny_model(TINY, tok, seed=0), tok, tmp_path / "engine")
+    recipe = _recipe(tmp_path, ray={"enabled": False}, rollout={"weight_sync": "object_store"})
+    recipe.model.dtype = "bfloat16"
+    backend = InlineBackend()
+    learner = LearnerGroup(backend, recipe, str(trained))
+    pool = RolloutPool(backend, recipe, str(start), [None])
+    pool.follow(learner)
+    engine = pool.workers[0].engine.model
+    ptrs = {n: t.data_ptr() for n, t in engine.state_dict().items()}
+    live = learner.workers[0].learner.model.state_dict()
+
+    def snapshot(*args, **kwargs):
+        raise AssertionError("the in-process sync took a CPU snapshot of the learner's weights")
+
+    monkeypatch.setattr(LearnerWorker, "state_dict", snapshot)
+    assert any(not torch.equal(t.float(), live[n]) for n, t in engine.state_dict().items())
+    pool.sync_weights()
+    for name, tensor in engine.state_dict().items():
+        assert tensor.dtype == torch.bfloat16 and tensor.data_ptr() == ptrs[name]
+        assert torch.equal(tensor, live[name].to(torch.bfloat16)), name
+    assert pool.last_sync_s > 0
+    with pytest.raises(KeyError, match="missing"):
+        pool.workers[0].engine.copy_weights({"lm_head.weight": live["lm_head.weight"]})

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from omnisched.config.rollout_options import DynamicSamplingConfig, HFEngineConfig
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -138,20 +140,6 @@ class DomainConfig(Strict):
     )
 
 
-class DynamicSamplingConfig(Strict):
-    """DAPO's dynamic sampling: groups whose rewards all tie carry no signal; draw more prompts
-    and refill the batch with groups that do, for at most `max_rounds` extra generation rounds
-    (a batch still short after them trains on what it has). `true` / `false` set `enabled`."""
-
-    enabled: bool = False
-    max_rounds: int = Field(3, ge=0, description="extra generation rounds per step at most")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_bool(cls, data: Any) -> Any:
-        return {"enabled": data} if isinstance(data, bool) else data
-
-
 class RolloutConfig(Strict):
     backend: str = "hf"
     num_workers: int = Field(1, ge=1)
@@ -163,6 +151,7 @@ class RolloutConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
+    hf: HFEngineConfig = HFEngineConfig()
     weight_sync: Literal["object_store", "broadcast"] = Field(
         "object_store",
         description="how learner weights reach the engines after each step: object_store sends "

@@ -155,6 +155,7 @@ class Controller:
             "time/generate_s": batch.generate_s,
             "time/score_s": batch.score_s,
             "time/learn_sync_s": t_end - t_learn,
+            "time/sync_s": self.rollout.last_sync_s,
             "time/step_s": t_end - t0,
             "domains": "+".join(domains),
         }

@@ -17,7 +17,7 @@ from typing import Any
 from omnisched.config.schema import Recipe
 from omnisched.errors import OmniError
 from omnisched.learner.base import ScoredGroup, TrainSample
-from omnisched.orchestration.backend import Backend
+from omnisched.orchestration.backend import Backend, InlineBackend
 from omnisched.orchestration.placement import Seat
 from omnisched.orchestration.workers import LearnerWorker, trainer_state_file
 
@@ -178,6 +178,13 @@ class LearnerGroup:
         `backend.gather` or to hand to other workers unopened; the other ranks' part of the call
         is awaited by the next call."""
         return self._from_rank0(LearnerWorker.state_dict, dtype)
+
+    def live_weights(self) -> Any:
+        """Rank 0's policy tensors themselves (no copy) when the learner shares the driver's
+        process (inline backend, one rank), else None."""
+        if len(self.workers) > 1 or not isinstance(self.backend, InlineBackend):
+            return None
+        return self._ask(self.workers[0], LearnerWorker.live_weights)
 
     def weight_group_address(self) -> tuple[str, int]:
         """Rank 0's node IP and a free port there, to host the rollout weight group's store."""

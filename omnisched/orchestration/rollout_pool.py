@@ -16,6 +16,7 @@ Engines that share GPUs with the learner (`placement.colocate`) sleep while it t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,9 @@ def engine_options(recipe: Recipe, seat: Seat) -> tuple[dict[str, Any], dict[str
     ro = recipe.rollout
     options: dict[str, Any] = {}
     env: dict[str, str] = {}
-    if ro.backend != "vllm":  # the HF engine sleeps by offloading: nothing to set up
+    if ro.backend == "hf":  # the HF engine sleeps by offloading: nothing else to set up
+        return {"decode": ro.hf.decode, "compile": ro.hf.compile}, env
+    if ro.backend != "vllm":
         return options, env
     level = sleep_level(recipe)
     if level:  # vLLM's sleep mode is chosen when the engine starts
@@ -87,6 +90,7 @@ class RolloutPool(WorkerPool):
         self.group_address: tuple[str, int] | None = None
         self.sleep_level = sleep_level(recipe)
         self.asleep = False
+        self.last_sync_s = 0.0  # the last `sync_weights`' wall time (wake-up included)
         self._sleep_warned = False
         super().__init__(backend, [s.bundle for s in self.seats])
 
@@ -154,6 +158,7 @@ class RolloutPool(WorkerPool):
         after level 2, which dropped them): by broadcast while the group is whole, else the state
         dict through the object store (a future: learner -> object store -> engines)."""
         assert self.learner is not None, "follow(learner) first"
+        start = time.perf_counter()
         level, self.asleep = (self.sleep_level if self.asleep else 0), False
         if level == 2:
             self.on_all(RolloutWorker.wake_up, ["weights"])
@@ -163,8 +168,13 @@ class RolloutPool(WorkerPool):
             self._send_weights()
         if level == 2:
             self.on_all(RolloutWorker.wake_up, ["kv_cache"])
+        self.last_sync_s = time.perf_counter() - start
 
     def _send_weights(self) -> None:
+        live = self.learner.live_weights()
+        if live is not None:  # one process: the learner's tensors straight into the engines
+            self.on_all(RolloutWorker.copy_weights, live)
+            return
         if self.weight_meta is not None:
             try:
                 self._broadcast(self.weight_meta)

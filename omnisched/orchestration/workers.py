@@ -111,6 +111,13 @@ class RolloutWorker:
         self.engine.update_weights(state_dict)
         return True
 
+    def copy_weights(self, live: Mapping[str, torch.Tensor]) -> bool:
+        """In-process sync: the learner's live tensors copied in place (engines that cannot:
+        loaded as a state dict)."""
+        copy = getattr(self.engine, "copy_weights", None)
+        (copy or self.engine.update_weights)(live)
+        return True
+
     def sleep(self, level: int) -> str | None:
         """Free GPU memory while a colocated learner trains: None once asleep, else why the
         engine cannot (it then stays awake and serves as before)."""
@@ -261,6 +268,15 @@ class LearnerWorker:
         if self.cfg.deepspeed.zero_stage == 3:
             self.learner.state_dict()
         return None
+
+    def live_weights(self) -> dict[str, torch.Tensor] | None:
+        """The policy's own tensors (no copy), for an engine in this process to copy from;
+        None where this rank does not hold them whole (a world of several ranks, ZeRO-3)."""
+        sharded = self.cfg.backend == "deepspeed" and self.cfg.deepspeed.zero_stage == 3
+        if self.world_size > 1 or sharded:
+            return None
+        model = getattr(self.learner, "model", None)
+        return None if model is None else model.state_dict(keep_vars=False)
 
     def join_weight_group(self, host: str, port: int, world_size: int) -> list[TensorMeta]:
         """As rank 0 of the learner world, become rank 0 (the sender) of the rollout engines'

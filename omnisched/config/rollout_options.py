@@ -1,0 +1,40 @@
+"""Option groups of `rollout` (dynamic sampling, the HF engine), apart from schema.py to keep it
+short; schema.py re-exports them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)  # as schema.Strict
+
+
+class DynamicSamplingConfig(_Strict):
+    """DAPO's dynamic sampling: groups whose rewards all tie carry no signal; draw more prompts
+    and refill the batch with groups that do, for at most `max_rounds` extra generation rounds
+    (a batch still short after them trains on what it has). `true` / `false` set `enabled`."""
+
+    enabled: bool = False
+    max_rounds: int = Field(3, ge=0, description="extra generation rounds per step at most")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, data: Any) -> Any:
+        return {"enabled": data} if isinstance(data, bool) else data
+
+
+class HFEngineConfig(_Strict):
+    """How the `hf` rollout engine decodes; other backends ignore it."""
+
+    decode: Literal["auto", "drop", "mask"] = Field(
+        "auto",
+        description="drop: finished rows leave the batch and the KV cache is compacted (fastest "
+        "on CPU); mask: finished rows are masked in a static KV cache, one host sync every 16 "
+        "steps (for GPUs); auto: mask on CUDA or with compile, else drop",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the masked decode step (CUDA graphs on CUDA)"
+    )
