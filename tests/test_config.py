@@ -72,6 +72,24 @@ BASE = {"domains": [{"name": "m", "type": "math"}]}
             "rollout.dynamic_sampling.max_rounds: Input should be greater than or equal to 0",
         ),
         ({"learner": {"backend": "megatron"}}, "learner.backend: unknown learner 'megatron'"),
+        (
+            {"learner": {"micro_batch_tokens": 0}},
+            "learner.micro_batch_tokens: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            {"learner": {"logits_chunk_tokens": -8}},
+            "learner.logits_chunk_tokens: Input should be greater than or equal to 1 (got -8)",
+        ),
+        (
+            {
+                "learner": {
+                    "backend": "deepspeed",
+                    "logits_chunk_tokens": 8,
+                    "deepspeed": {"zero_stage": 3},
+                }
+            },
+            "learner: learner.logits_chunk_tokens needs learner.deepspeed.zero_stage <= 2",
+        ),
     ],
 )
 def test_bad_recipes_name_the_field(tmp_path, patch, needle):
