@@ -158,3 +158,20 @@ def test_learner_benchmark_smoke_run_writes_its_ratio(tmp_path):
     tokens = next(f for f in data["figures"] if f["name"] == "learner tokens/s")
     assert tokens["ours"] > 0 and tokens["peer"] > 0 and tokens["ratio"] > 0
     assert "ratio" in proc.stdout and data["mode"] == "smoke"
+
+
+def test_logits_benchmark_smoke_run_agrees_on_the_loss_and_gradients(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_logits.py"), "--smoke", "--threads", "1",
+         "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "logits.json").read_text())
+    whole, chunked = data["details"]["whole"], data["details"]["chunked"]
+    for key in ("loss", "grad_norm_hidden", "grad_norm_head", "mean_entropy"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-5), key
+    assert {f["name"] for f in data["figures"]} >= {"logits peak memory (fwd+bwd)"}
