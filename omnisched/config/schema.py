@@ -303,6 +303,16 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _budget_holds_a_sample(self) -> Recipe:
+        budget, longest = self.learner.micro_batch_tokens, self.rollout.max_new_tokens
+        if budget is not None and budget <= longest:
+            raise ValueError(
+                f"learner.micro_batch_tokens={budget} cannot hold one sample of "
+                f"rollout.max_new_tokens={longest} completion tokens and its prompt; raise it"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _policy_needs(self) -> Recipe:
         s = self.schedule
         if s.policy == "tac" and not self.learner.grad_alignment:
