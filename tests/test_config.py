@@ -170,6 +170,12 @@ REFUSED = [
      "rollout.weight_sync: broadcast with placement.colocate"),
     (["rollout.tensor_parallel=2", "rollout.gpus_per_worker=2"],
      "rollout.tensor_parallel=2 needs rollout.backend: vllm"),
+    (["rollout.overlap=true", "rollout.num_workers=1", "rollout.gpus_per_worker=1",
+      "placement.learner_gpus_per_worker=1", "placement.colocate=true"],
+     "rollout.overlap: true needs engines that stay awake during learner steps; got "
+     "rollout.sleep_level=1 (placement.colocate=True)"),
+    (["rollout.overlap=true", "rollout.top_p=0.9"],
+     "rollout.overlap: true trains against the sampler's logprobs, which rollout.top_p=0.9"),
     # data that does not exist
     (["domains=[{name: d, type: data, options: {path: /nonexistent/d.jsonl},"
       " reward: [{verifier: exact_match}]}]"], "data file not found: /nonexistent/d.jsonl"),

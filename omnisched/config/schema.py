@@ -176,6 +176,11 @@ class RolloutConfig(Strict):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="vLLM's share of each GPU's memory; None = 0.9, 0.4 colocated"
     )
+    overlap: bool = Field(
+        False,
+        description="generate step k+1 while the learner trains step k: one step off-policy "
+        "(importance ratios against the sampler's logprobs), staleness at most 1",
+    )
 
     @model_validator(mode="after")
     def _tensor_parallel_gpus(self) -> RolloutConfig:
