@@ -219,3 +219,19 @@ def test_a_set_up_error_leaves_no_run_directory(tmp_path):
     with pytest.raises(Exception, match="is not an HF model folder"):
         Controller(recipe, run_dir).run(InlineBackend())
     assert not run_dir.exists()
+
+
+def test_an_error_raised_in_a_ray_actor_prints_its_own_one_line(capsys):
+    import typer
+    from ray.exceptions import RayTaskError
+
+    from omnisched.cli import _fail
+
+    wrapped = RayTaskError(
+        "LearnerWorker.train_groups", "Traceback (most recent call last):\n  ...",
+        ConfigError("learner.micro_batch_tokens=64 is smaller than a sample of 67 tokens"),
+    ).as_instanceof_cause()  # fmt: skip
+    with pytest.raises(typer.Exit):
+        _fail(wrapped)
+    err = capsys.readouterr().err.strip()
+    assert err == "error: learner.micro_batch_tokens=64 is smaller than a sample of 67 tokens"

@@ -183,7 +183,6 @@ class Controller:
         for phase in range(first, total_phases):
             self._phase(phase, total_phases, resume_at if phase == first else 0)
         self.learner.save(str(self.run_dir / "checkpoints" / "final"))
-        self.steps.close()
         wall = time.perf_counter() - t_start
         self.metrics.log(self.step, {**self.timings, "wall_s": wall}, kind="timing")
         self.metrics.close()

@@ -59,7 +59,6 @@ class StepRunner:
         self.pending: tuple[RolloutBatch, int] | None = (
             None  # the next step's batch and its version
         )
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="learner") if self.overlap else None
 
     def step(
         self, domains: list[str], mixture: dict[str, float] | None, ahead: bool = False
@@ -76,12 +75,13 @@ class StepRunner:
         t_learn = time.perf_counter()
         c.rollout.sleep()  # colocated engines free the GPU for the learner (sleep_level)
         groups = [g.scored(sampler_logprobs=self.overlap) for g in batch.groups]
-        if ahead and self.pool is not None:
-            learning = self.pool.submit(c.learner.train_groups, groups)
-            try:  # the engines still hold version c.step: the next batch is one behind
-                self.pending = (c.sampler.sample(domains, mixture, c.step + 1), c.step)
-            finally:
-                learn = learning.result()
+        if ahead and self.overlap:
+            with ThreadPoolExecutor(1, thread_name_prefix="learner") as pool:
+                learning = pool.submit(c.learner.train_groups, groups)
+                try:  # the engines still hold version c.step: the next batch is one behind
+                    self.pending = (c.sampler.sample(domains, mixture, c.step + 1), c.step)
+                finally:
+                    learn = learning.result()
         else:
             learn = c.learner.train_groups(groups)
         trained = int(learn.pop("samples_trained", 0))
@@ -124,7 +124,3 @@ class StepRunner:
             "time/step_s": t_end - t0,
             "domains": "+".join(domains),
         }
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
