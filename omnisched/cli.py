@@ -21,6 +21,9 @@ console = Console(stderr=True)
 
 
 def _fail(exc: BaseException) -> None:
+    cause = getattr(exc, "cause", None)  # raised in a Ray actor: Ray's wrapper holds the traceback
+    if isinstance(cause, OmniError):
+        exc = cause
     console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 

@@ -181,3 +181,20 @@ def test_gpu_benchmark_runs_its_cpu_smoke_mode_and_writes_both_sides(tmp_path):
     run = data["details"]["char"]
     assert run["omnisched"]["samples_trained"] > 0  # the length reward gave groups signal
     assert 1 <= run["trl"]["completion_len"] <= 8 and run["omnisched"]["sync_s"] > 0
+
+
+def test_logits_benchmark_smoke_run_agrees_on_the_loss_and_gradients(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_logits.py"), "--smoke", "--threads", "1",
+         "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "logits.json").read_text())
+    whole, chunked = data["details"]["whole"], data["details"]["chunked"]
+    for key in ("loss", "grad_norm_hidden", "grad_norm_head", "mean_entropy"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-5), key
+    assert {f["name"] for f in data["figures"]} >= {"logits peak memory (fwd+bwd)"}

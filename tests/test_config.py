@@ -72,6 +72,24 @@ BASE = {"domains": [{"name": "m", "type": "math"}]}
             "rollout.dynamic_sampling.max_rounds: Input should be greater than or equal to 0",
         ),
         ({"learner": {"backend": "megatron"}}, "learner.backend: unknown learner 'megatron'"),
+        (
+            {"learner": {"micro_batch_tokens": 0}},
+            "learner.micro_batch_tokens: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            {"learner": {"logits_chunk_tokens": -8}},
+            "learner.logits_chunk_tokens: Input should be greater than or equal to 1 (got -8)",
+        ),
+        (
+            {
+                "learner": {
+                    "backend": "deepspeed",
+                    "logits_chunk_tokens": 8,
+                    "deepspeed": {"zero_stage": 3},
+                }
+            },
+            "learner: learner.logits_chunk_tokens needs learner.deepspeed.zero_stage <= 2",
+        ),
     ],
 )
 def test_bad_recipes_name_the_field(tmp_path, patch, needle):
@@ -152,6 +170,12 @@ REFUSED = [
      "rollout.weight_sync: broadcast with placement.colocate"),
     (["rollout.tensor_parallel=2", "rollout.gpus_per_worker=2"],
      "rollout.tensor_parallel=2 needs rollout.backend: vllm"),
+    (["rollout.overlap=true", "rollout.num_workers=1", "rollout.gpus_per_worker=1",
+      "placement.learner_gpus_per_worker=1", "placement.colocate=true"],
+     "rollout.overlap: true needs engines that stay awake during learner steps; got "
+     "rollout.sleep_level=1 (placement.colocate=True)"),
+    (["rollout.overlap=true", "rollout.top_p=0.9"],
+     "rollout.overlap: true trains against the sampler's logprobs, which rollout.top_p=0.9"),
     # data that does not exist
     (["domains=[{name: d, type: data, options: {path: /nonexistent/d.jsonl},"
       " reward: [{verifier: exact_match}]}]"], "data file not found: /nonexistent/d.jsonl"),
@@ -195,3 +219,19 @@ def test_a_set_up_error_leaves_no_run_directory(tmp_path):
     with pytest.raises(Exception, match="is not an HF model folder"):
         Controller(recipe, run_dir).run(InlineBackend())
     assert not run_dir.exists()
+
+
+def test_an_error_raised_in_a_ray_actor_prints_its_own_one_line(capsys):
+    import typer
+    from ray.exceptions import RayTaskError
+
+    from omnisched.cli import _fail
+
+    wrapped = RayTaskError(
+        "LearnerWorker.train_groups", "Traceback (most recent call last):\n  ...",
+        ConfigError("learner.micro_batch_tokens=64 is smaller than a sample of 67 tokens"),
+    ).as_instanceof_cause()  # fmt: skip
+    with pytest.raises(typer.Exit):
+        _fail(wrapped)
+    err = capsys.readouterr().err.strip()
+    assert err == "error: learner.micro_batch_tokens=64 is smaller than a sample of 67 tokens"

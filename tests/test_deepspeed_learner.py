@@ -19,6 +19,7 @@ from test_torch_learner import PAD, completion_logprobs, ragged_samples, tiny_mo
 from transformers import Qwen2ForCausalLM
 
 from omnisched.config.schema import DeepSpeedConfig, LearnerConfig
+from omnisched.errors import ConfigError
 from omnisched.learner import LEARNERS, Learner, TorchLearner, TrainSample
 
 torch.set_num_threads(2)
@@ -78,17 +79,22 @@ def test_advantage_sign_moves_completion_logprob(stage: int) -> None:
     assert {"loss", "clip_frac", "grad_norm", "entropy", "step_time_s"} <= set(metrics)
 
 
+CHUNKED = {"micro_batch_tokens": 12, "logits_chunk_tokens": 4}
+BY_TOKENS = {"micro_batch_tokens": 12}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
-def test_first_step_matches_torch_learner(stage: int) -> None:
+@pytest.mark.parametrize(("stage", "batching"), [(2, {}), (3, {}), (2, CHUNKED), (3, BY_TOKENS)])
+def test_first_step_matches_torch_learner(stage: int, batching: dict) -> None:
     """Same loss, pre-clip grad norm and updated weights as TorchLearner (fp32, clipping active,
-    three micro-batches accumulated by DeepSpeed into one step, a KL term)."""
+    three micro-batches accumulated by DeepSpeed into one step, a KL term); also with
+    micro-batches by a token budget (and logits in chunks, ZeRO-2) on the DeepSpeed side only."""
     samples = ragged_samples(6)
     samples[2].old_logprobs = [-3.0] * len(samples[2].completion_ids)  # an off-policy sample
     kw = dict(lr=1e-2, bf16=False, micro_batch_size=2, kl_coef=0.05, max_grad_norm=0.5)
     torch_learner = TorchLearner(tiny_model(), LearnerConfig(**kw), PAD)
     expected = torch_learner.train_step(samples)
-    learner = deepspeed_learner(tiny_model(), ds_cfg(stage, **kw))
+    learner = deepspeed_learner(tiny_model(), ds_cfg(stage, **kw, **batching))
     got = learner.train_step(samples)
     assert expected["grad_norm"] > kw["max_grad_norm"]  # the clip is exercised
     for key in ("loss", "grad_norm", "entropy", "ratio"):
@@ -96,6 +102,16 @@ def test_first_step_matches_torch_learner(stage: int) -> None:
     state = learner.state_dict()
     for name, value in torch_learner.state_dict().items():
         torch.testing.assert_close(state[name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_logits_in_chunks_refuse_zero3_naming_the_fields() -> None:
+    needle = r"learner\.logits_chunk_tokens needs learner\.deepspeed\.zero_stage <= 2"
+    with pytest.raises(ValidationError, match=needle):
+        ds_cfg(3, logits_chunk_tokens=64, backend="deepspeed")
+    ds_cfg(2, logits_chunk_tokens=64, backend="deepspeed")
+    torch_cfg = ds_cfg(3, logits_chunk_tokens=64)  # the torch backend ignores `deepspeed`
+    with pytest.raises(ConfigError, match=needle):
+        deepspeed_learner(tiny_model(), torch_cfg)  # handed to DeepSpeed anyway
 
 
 @pytest.mark.slow
@@ -163,12 +179,18 @@ UNION = (5, 12)  # real samples and their completion tokens over both ranks
 
 def run_rank(out: Path) -> None:
     """One data-parallel rank: a ZeRO-2 step on this rank's samples, normalised by the whole
-    batch's counts, then a step with a micro-batch count the other rank does not share (both
-    ranks must refuse it)."""
+    batch's counts, the same by a token budget (the ranks' micro-batch counts differ until one
+    splits), then a step with a micro-batch count the other rank cannot reach (both refuse it)."""
     rank = int(os.environ["RANK"])
     learner = deepspeed_learner(tiny_model(), ds_cfg(2, lr=1e-2, bf16=False, micro_batch_size=1))
     metrics = learner.train_step(rank_samples(rank), *UNION)
-    torch.save({**learner.state_dict(), "metrics": metrics}, out / f"rank{rank}.pt")
+    by_count = learner.cfg
+    # by a 6-token budget rank 0 makes 3 micro-batches, rank 1 ([6], [3, 3]) 2: it halves one
+    learner.cfg = by_count.model_copy(update={"micro_batch_tokens": 6})
+    budget_metrics = learner.train_step(rank_samples(rank), *UNION)
+    learner.cfg = by_count
+    state = learner.state_dict()
+    torch.save({**state, "metrics": metrics, "budget": budget_metrics}, out / f"rank{rank}.pt")
     try:
         learner.train_step(rank_samples(rank) * (1 + rank), *UNION)
     except ValueError as err:
@@ -202,11 +224,13 @@ def test_two_ranks_end_with_identical_all_reduced_weights(tmp_path: Path) -> Non
     union = [s for r in range(2) for s in rank_samples(r) if not s.pad]
     assert (len(union), sum(len(s.completion_ids) for s in union)) == UNION
     single = TorchLearner(tiny_model(), LearnerConfig(lr=1e-2, bf16=False), PAD)
-    expected = single.train_step(union)  # the step the two ranks took together, pad or not
-    got = [ranks[r].pop("metrics") for r in range(2)]
-    # AdamW's first step hardly depends on the gradient's scale: check the loss and the norm
-    assert (got[0]["loss"] + got[1]["loss"]) / 2 == pytest.approx(expected["loss"], rel=1e-5)
-    assert got[0]["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
+    # the steps the two ranks took together, pad or not, by count then by token budget
+    for key in ("metrics", "budget"):
+        expected = single.train_step(union)
+        got = [ranks[r].pop(key) for r in range(2)]
+        # AdamW's first step hardly depends on the gradient's scale: check the loss and the norm
+        assert (got[0]["loss"] + got[1]["loss"]) / 2 == pytest.approx(expected["loss"], rel=1e-5)
+        assert got[0]["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
     for name, value in single.state_dict().items():
         assert torch.equal(ranks[0][name], ranks[1][name]), name
         torch.testing.assert_close(ranks[0][name], value, atol=1e-5, rtol=1e-4)

@@ -161,3 +161,29 @@ def test_bandit_reweights_domains_every_step_inline(tmp_path):
     assert all(sum(c) == 8 for c in counts)
     state = json.loads((run_dir / "scheduler_state.json").read_text())
     assert state["policy"] == "bandit" and state["phases"][0]["mixture"]
+
+
+@pytest.mark.slow
+def test_overlap_trains_each_batch_one_policy_version_behind_inline(tmp_path):
+    """rollout.overlap: step k+1's batch is generated while step k trains, so every batch but
+    the phase's first is trained one optimizer step after the policy that sampled it."""
+    run_dir = _run(
+        tmp_path,
+        "recipes/tiny.yaml",
+        "schedule.policy=joint",
+        "ray.enabled=false",
+        "rollout.overlap=true",
+        "schedule.phases=1",
+        "schedule.steps_per_phase=4",
+        "run.checkpoint_every=0",
+    )
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["policy_version/trained"] for r in train] == [0, 1, 2, 3]
+    assert [r["policy_version/sampled"] for r in train] == [0, 0, 1, 2]
+    assert sum(r["samples_trained"] for r in train) > 0
+    trained = [r for r in train if r["samples_trained"]]
+    assert all(r["learner/loss"] == r["learner/loss"] for r in trained)  # finite, not NaN
+    # the sampler's own logprobs are the ratio's denominator: 1 where nothing is stale
+    if train[0]["samples_trained"]:
+        assert abs(train[0]["learner/ratio"] - 1) < 1e-3

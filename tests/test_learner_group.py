@@ -14,6 +14,7 @@ from omnisched.config.schema import LearnerConfig, Recipe
 from omnisched.errors import OmniError
 from omnisched.learner.base import ScoredGroup, TrainSample
 from omnisched.learner.batch import train_batch
+from omnisched.learner.batching import padded_tokens, plan_micro_batches, seq_len, split_to_count
 from omnisched.orchestration.learner_group import check_resume_world_size, deal, merge_metrics
 
 
@@ -81,6 +82,47 @@ def test_deal_equal_micro_batches_nothing_lost_pads_only_when_needed(seed):
                 assert all(p.pad and len(p.completion_ids) == 1 for p in pads)
                 sizes = [len(share) for share in shares]
                 assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_deal_by_token_budget_lets_every_rank_run_as_many_micro_batches(seed):
+    """Each rank's share, cut by the token budget and halved up to the most any rank makes (as
+    `DeepSpeedLearner` does), runs the same number of micro-batches, all within the budget;
+    every sample is dealt once, and pads go only to ranks with fewer samples than that."""
+    rng = random.Random(seed)
+    for ranks in (1, 2, 3, 4):
+        for budget in (40, 80, 200):
+            for n in range(1, 20):
+                lengths = [rng.randint(1, 30) for _ in range(n)] + [0] * rng.randint(0, 2)
+                samples = [_sample(k, tag=i) for i, k in enumerate(lengths)]
+                shares = deal(samples, ranks, 1, micro_batch_tokens=budget)
+                assert len(shares) == ranks
+                plans = [plan_micro_batches(share, 1, budget) for share in shares]
+                most = max(map(len, plans))
+                runs = [split_to_count(plan, most) for plan in plans]  # raises if it cannot
+                assert {len(run) for run in runs} == {most}, (ranks, budget, n)
+                assert all(padded_tokens(c) <= budget for run in runs for c in run)
+                dealt = [s for share in shares for s in share]
+                real = Counter(id(s) for s in dealt if any(s is x for x in samples))
+                assert real == Counter(map(id, samples))
+                for share in shares:
+                    pads = [s for s in share if s.pad]
+                    assert all(p.advantage == 0.0 and len(p.completion_ids) == 1 for p in pads)
+                    if pads:  # exactly enough to make `most` micro-batches
+                        assert sum(1 for s in share if s.completion_ids) == most
+
+
+def test_deal_by_token_budget_hand_worked_example():
+    # completions 20, 18, 3, 2, 2 (prompts of 3): lengths 23, 21, 6, 5, 5, budget 30 tokens;
+    # tokens balanced over 2 ranks: 23 -> r0, 21 -> r1, 6 -> r1, 5 -> r0, 5 -> r0
+    samples = [_sample(n, tag=i) for i, n in enumerate([20, 18, 3, 2, 2])]
+    r0, r1 = deal(samples, ranks=2, micro_batch_size=1, micro_batch_tokens=30)
+    assert [seq_len(s) for s in r0] == [23, 5, 5] and [seq_len(s) for s in r1] == [21, 6]
+    # r0 makes [23], [5, 5] and r1 [21], [6]: two each, no pads
+    assert [len(plan_micro_batches(r, 1, 30)) for r in (r0, r1)] == [2, 2]
+    # one long sample and four ranks: three ranks get one pad each
+    shares = deal([_sample(20)], ranks=4, micro_batch_size=1, micro_batch_tokens=30)
+    assert [len(s) for s in shares] == [1, 1, 1, 1] and sum(s[0].pad for s in shares) == 3
 
 
 def test_deal_refuses_samples_without_completion_tokens():

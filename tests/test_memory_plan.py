@@ -104,6 +104,19 @@ def test_activations_logits_and_kv_cache_by_hand():
     assert plan.assumed["step_kv_tokens_per_engine"] == 8 * 128 // 8 * (512 + 4096)
 
 
+def test_token_budget_and_logits_chunks_set_the_learner_parts():
+    r = load_recipe(PAPER, ["learner.micro_batch_tokens=2304", "learner.logits_chunk_tokens=512"])
+    shape, _ = recipe_shape(r)
+    parts = learner_bytes(r, shape)
+    h, q, kv, i = 3584, 3584, 512, 18944
+    per_layer = 2 * h + 4 * q + 4 * kv + 2 * h + 8 * i + 8 * h
+    assert parts["activations"] == 2304 * per_layer * 28  # the budget, not size x length
+    assert parts["logits"] == 512 * 152064 * 14  # one chunk (of the budget's 2048 completion)
+    plan = memory_plan(r)
+    assert plan.assumed["micro_batch_tokens"] == 2304
+    assert plan.assumed["micro_batch_completion_tokens"] == 2304 * 4096 // (512 + 4096)
+
+
 def test_the_paper_recipe_fits_its_h200s_and_not_80_gb_gpus(tmp_path):
     from test_colocation import _paper_overrides
 

@@ -95,6 +95,54 @@ def test_micro_batching_gives_the_full_batch_gradient(loss_agg: str) -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("loss_agg", ["token-mean", "sequence-mean", "dr-grpo"])
+def test_token_budget_micro_batches_give_the_whole_batch_gradient(loss_agg: str) -> None:
+    """Micro-batches of at most 12 tokens (padding included; 6 of them here) and one micro-batch
+    of every sample: the same loss and gradient, KL term and an off-policy sample included."""
+    from omnisched.learner.batching import plan_micro_batches
+
+    samples = ragged_samples(7)
+    samples[2].old_logprobs = [-3.0] * len(samples[2].completion_ids)
+    assert len(plan_micro_batches(samples, 1, max_tokens=12)) == 6
+    grads, losses = [], []
+    for budget in {"micro_batch_tokens": 12}, {"micro_batch_size": len(samples)}:
+        cfg = LearnerConfig(loss_agg=loss_agg, bf16=False, kl_coef=0.05, **budget)
+        learner = TorchLearner(tiny_model(), cfg, PAD)
+        losses.append(learner.compute_gradients(samples)["loss"])
+        grads.append([p.grad.clone() for p in learner.params])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-7)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_logits_in_chunks_give_the_same_step_as_whole_logits() -> None:
+    """fp32, temperature 0.7, a KL reference: chunks of 3 completion tokens and the whole
+    micro-batch's logits give the same loss, gradients (to 1e-6), logprobs and step."""
+    samples = ragged_samples(7)
+    samples[2].old_logprobs = [-3.0] * len(samples[2].completion_ids)
+    kw = dict(bf16=False, kl_coef=0.05, lr=1e-2, micro_batch_size=3)
+    runs = []
+    for chunk in (None, 3):
+        learner = TorchLearner(
+            tiny_model(), LearnerConfig(logits_chunk_tokens=chunk, **kw), PAD, temperature=0.7
+        )
+        grads = learner.compute_gradients(samples)
+        runs.append((learner, grads, [p.grad.clone() for p in learner.params]))
+    (whole, g_whole, p_whole), (chunked, g_chunked, p_chunked) = runs
+    assert g_chunked.keys() == g_whole.keys()
+    for key, value in g_whole.items():
+        assert g_chunked[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+    for a, b in zip(p_chunked, p_whole, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for a, b in zip(chunked.logprobs(samples), whole.logprobs(samples), strict=True):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-6, rtol=1e-6)
+    m_whole, m_chunked = whole.train_step(samples), chunked.train_step(samples)
+    for key in ("loss", "kl", "entropy", "ratio", "grad_norm"):
+        assert m_chunked[key] == pytest.approx(m_whole[key], rel=1e-5, abs=1e-6), key
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(chunked.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+
+
 def test_old_logprobs_are_aligned_with_completion_tokens() -> None:
     model = tiny_model()
     samples = ragged_samples()

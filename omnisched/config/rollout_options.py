@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from omnisched.config.strict import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)  # as schema.Strict
-
-
-class DynamicSamplingConfig(_Strict):
+class DynamicSamplingConfig(Strict):
     """DAPO's dynamic sampling: groups whose rewards all tie carry no signal; draw more prompts
     and refill the batch with groups that do, for at most `max_rounds` extra generation rounds
     (a batch still short after them trains on what it has). `true` / `false` set `enabled`."""
@@ -26,7 +24,7 @@ class DynamicSamplingConfig(_Strict):
         return {"enabled": data} if isinstance(data, bool) else data
 
 
-class HFEngineConfig(_Strict):
+class HFEngineConfig(Strict):
     """How the `hf` rollout engine decodes; other backends ignore it."""
 
     decode: Literal["auto", "drop", "mask"] = Field(

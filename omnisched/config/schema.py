@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from omnisched.config.learner import DeepSpeedConfig as DeepSpeedConfig  # re-exported
+from omnisched.config.learner import LearnerConfig
 from omnisched.config.rollout_options import DynamicSamplingConfig, HFEngineConfig
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from omnisched.config.strict import Strict
 
 
 class RunConfig(Strict):
@@ -167,6 +166,11 @@ class RolloutConfig(Strict):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="vLLM's share of each GPU's memory; None = 0.9, 0.4 colocated"
     )
+    overlap: bool = Field(
+        False,
+        description="generate step k+1 while the learner trains step k: one step off-policy "
+        "(importance ratios against the sampler's logprobs), staleness at most 1",
+    )
 
     @model_validator(mode="after")
     def _tensor_parallel_gpus(self) -> RolloutConfig:
@@ -176,65 +180,6 @@ class RolloutConfig(Strict):
                 f"{self.tensor_parallel} (one GPU per shard), got {self.gpus_per_worker:g}"
             )
         return self
-
-
-class DeepSpeedConfig(Strict):
-    """Options of the `deepspeed` learner backend; the torch backend ignores them."""
-
-    zero_stage: int = Field(
-        2,
-        ge=0,
-        le=3,
-        description="what ZeRO shards across ranks: 0 nothing, 1 optimizer states, 2 + gradients, "
-        "3 + parameters",
-    )
-    gradient_accumulation_steps: int | None = Field(
-        None,
-        ge=1,
-        description="micro-batches per optimizer step; None = all of a train_step in one step",
-    )
-    offload_optimizer: bool = Field(False, description="keep optimizer states in CPU memory")
-    overrides: dict[str, Any] = Field(
-        default_factory=dict,
-        description="DeepSpeed config entries merged over the generated config (dicts merge)",
-    )
-
-
-class LearnerConfig(Strict):
-    backend: str = "torch"
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
-    max_grad_norm: float = Field(1.0, gt=0)
-    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip (lower)")
-    clip_eps_high: float | None = Field(None, gt=0, description="DAPO clip-higher; None = clip_eps")
-    kl_coef: float = Field(0.0, ge=0, description="KL to the frozen reference; 0 disables it")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field(
-        "k3", description="per-token KL estimate (Schulman 2020): k3 as GRPO/TRL, k1, k2"
-    )
-    kl_bias_correction: bool = Field(
-        False,
-        description="multiply the KL term by the importance ratio (TRL use_bias_correction_kl, "
-        "its default since 1.16): the unbiased reverse-KL gradient",
-    )
-    loss_agg: Literal["token-mean", "sequence-mean", "dr-grpo"] = "token-mean"
-    importance_sampling: Literal["token", "sequence"] = Field(
-        "token", description="clip per-token ratios (PPO/GRPO) or GSPO's per-sequence ratio"
-    )
-    scale_advantages: bool = Field(True, description="divide by group std (False = Dr.GRPO)")
-    adv_eps: float = Field(1e-4, gt=0, description="A = (r - mean) / (std + adv_eps), as TRL")
-    ppo_epochs: int = Field(1, ge=1)
-    micro_batch_size: int = Field(64, ge=1)
-    bf16: bool | Literal["auto"] = Field(
-        "auto",
-        description="bf16 autocast in the learner; auto = where the hardware runs it natively",
-    )
-    grad_alignment: bool = Field(
-        False,
-        description="measure the cosine between domains' policy gradients each step (on the "
-        "last decoder layer and final norm; the `tac` policy turns it on)",
-    )
-    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 
 class ScheduleConfig(Strict):
@@ -349,6 +294,16 @@ class Recipe(Strict):
             raise ValueError(
                 f"placement.learner_workers={workers} needs learner.backend: deepspeed (data-"
                 f"parallel ZeRO ranks), got learner.backend: {backend}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _budget_holds_a_sample(self) -> Recipe:
+        budget, longest = self.learner.micro_batch_tokens, self.rollout.max_new_tokens
+        if budget is not None and budget <= longest:
+            raise ValueError(
+                f"learner.micro_batch_tokens={budget} cannot hold one sample of "
+                f"rollout.max_new_tokens={longest} completion tokens and its prompt; raise it"
             )
         return self
 

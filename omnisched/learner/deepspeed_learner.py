@@ -24,16 +24,17 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from omnisched.config.schema import LearnerConfig
+from omnisched.config.learner import ZERO3_CHUNKS, LearnerConfig
+from omnisched.errors import ConfigError
 from omnisched.learner.base import TrainSample
+from omnisched.learner.batching import plan_micro_batches, split_to_count
+from omnisched.learner.micro_batch import MicroBatch, build_micro_batch, to_device
 from omnisched.learner.step import (
-    MicroBatch,
     Normalisers,
     accumulate_gradients,
     check_samples,
     fill_fixed_logprobs,
     frozen_reference,
-    micro_batches,
     normalisers,
     sample_logprobs,
     step_metrics,
@@ -118,6 +119,8 @@ class DeepSpeedLearner:
     ) -> None:
         self.cfg = cfg.model_copy(update={"bf16": resolve_bf16(cfg.bf16)})  # "auto" resolved
         cfg = self.cfg
+        if cfg.logits_chunk_tokens and cfg.deepspeed.zero_stage == 3:
+            raise ConfigError(ZERO3_CHUNKS)
         self.pad_token_id = pad_token_id
         self.max_completion_len = max_completion_len
         self.temperature = temperature
@@ -150,8 +153,9 @@ class DeepSpeedLearner:
         t0 = time.perf_counter()
         check_samples(samples)
         cfg = self.cfg
-        batches = micro_batches(samples, cfg.micro_batch_size, self.pad_token_id, self.device)
-        self._check_ranks_agree(len(batches))
+        plan = plan_micro_batches(samples, cfg.micro_batch_size, cfg.micro_batch_tokens)
+        plan = self._as_many_as_every_rank(plan)
+        batches = [to_device(build_micro_batch(c, self.pad_token_id), self.device) for c in plan]
         norm = normalisers(samples, num_seqs, num_tokens, self.max_completion_len)
         if num_seqs is not None or num_tokens is not None:  # the world's: this rank's share
             world = dist.get_world_size()
@@ -237,15 +241,25 @@ class DeepSpeedLearner:
             [p.grad for p in self.model.parameters() if p.grad is not None]
         )
 
-    def _check_ranks_agree(self, num_batches: int) -> None:
-        """Fail on every rank, instead of hanging in a collective, when ranks' counts differ."""
+    def _as_many_as_every_rank(self, plan: list[list[TrainSample]]) -> list[list[TrainSample]]:
+        """This rank's micro-batches split up to the most any rank has (ZeRO runs collectives
+        per micro-batch; `learner_group.deal` gives every rank enough samples for it); fails on
+        every rank, instead of hanging in a collective, when some rank cannot."""
         if dist.get_world_size() == 1:
-            return
-        bounds = torch.tensor([num_batches, -num_batches], device=self.device)
+            return plan
+        rows = sum(map(len, plan))
+        bounds = torch.tensor([len(plan), -len(plan), -rows], device=self.device)
         dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
-        most, fewest = int(bounds[0]), -int(bounds[1])
-        if most != fewest:
-            raise ValueError(
-                f"ranks got between {fewest} and {most} micro-batches of up to "
-                f"{self.cfg.micro_batch_size} samples; give every rank as many samples per step"
+        most, fewest, fewest_rows = int(bounds[0]), -int(bounds[1]), -int(bounds[2])
+        if fewest_rows < most:
+            cfg = self.cfg
+            unit = (
+                f"up to {cfg.micro_batch_size} samples"
+                if cfg.micro_batch_tokens is None
+                else f"up to {cfg.micro_batch_tokens} tokens"
             )
+            raise ValueError(
+                f"ranks got between {fewest} and {most} micro-batches of {unit} and a rank has "
+                f"only {fewest_rows} samples; give every rank as many samples per step"
+            )
+        return split_to_count(plan, most)

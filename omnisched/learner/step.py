@@ -1,7 +1,8 @@
 """One GRPO optimizer step's pieces, shared by the torch and DeepSpeed learners.
 
-Samples become right-padded micro-batches (longest first); logits are computed only at the
-positions that predict completion tokens (HF `logits_to_keep`) and divided by the sampling
+Samples become right-padded micro-batches (`micro_batch`: longest first, by a sample count or a
+token budget); logits are computed only at the positions that predict completion tokens (HF
+`logits_to_keep`; in chunks of tokens with `logits.py`) and divided by the sampling
 temperature; every micro-batch loss is divided by the whole batch's counts (`Normalisers`), so
 accumulating them gives exactly the full-batch gradient of the loss as GRPO, DAPO or Dr.GRPO
 define it, however the batch was split and whatever samples were left out. Only the backward
@@ -22,22 +23,8 @@ from torch import Tensor, nn
 from omnisched.config.schema import LearnerConfig
 from omnisched.learner.base import TrainSample
 from omnisched.learner.grpo import grpo_loss, masked_mean, token_logprobs_and_entropy
-
-
-@dataclass
-class MicroBatch:
-    """Right-padded prompt+completion rows; `[b, W]` tensors cover the window `positions`."""
-
-    input_ids: Tensor  # [b, L]
-    attention_mask: Tensor  # [b, L]
-    positions: Tensor  # [W] sequence positions whose logits predict a completion token
-    labels: Tensor  # [b, W] the token at position + 1
-    mask: Tensor  # [b, W] True where the label is a completion token that carries loss
-    advantages: Tensor  # [b]
-    old_logp: Tensor  # [b, W] sampler logprobs (0 where absent)
-    has_old: Tensor  # [b, 1] True where the sample carried old_logprobs
-    ref_logp: Tensor | None = None  # [b, W] frozen reference logprobs, filled before the epochs
-    domains: tuple[str | None, ...] = ()  # each row's domain (gradient alignment)
+from omnisched.learner.logits import chunked_policy_logprobs
+from omnisched.learner.micro_batch import MicroBatch, build_micro_batch, to_device
 
 
 @dataclass(frozen=True)
@@ -49,42 +36,6 @@ class Normalisers:
     tokens: float
     seqs: float
     max_len: int
-
-
-def build_micro_batch(samples: Sequence[TrainSample], pad_token_id: int) -> MicroBatch:
-    """Pad samples to one batch; completion token j of row i sits at position P_i + j."""
-    prompt_lens = torch.tensor([len(s.prompt_ids) for s in samples])
-    comp_lens = torch.tensor([len(s.completion_ids) for s in samples])
-    ends = prompt_lens + comp_lens
-    input_ids = torch.full((len(samples), int(ends.max())), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, s in enumerate(samples):
-        input_ids[i, : ends[i]] = torch.tensor(s.prompt_ids + s.completion_ids, dtype=torch.long)
-        attention_mask[i, : ends[i]] = 1
-    start = int(prompt_lens.min()) - 1  # logits at position p predict the token at p + 1
-    positions = torch.arange(start, max(int(ends.max()) - 1, start + 1))
-    labels = input_ids[:, positions + 1]
-    mask = (positions >= prompt_lens[:, None] - 1) & (positions < ends[:, None] - 1)
-    mask &= ~torch.tensor([s.pad for s in samples])[:, None]  # filler rows carry no loss
-    old_logp = torch.zeros(labels.shape, dtype=torch.float32)
-    has_old = torch.zeros(len(samples), 1, dtype=torch.bool)
-    for i, s in enumerate(samples):
-        if s.old_logprobs is not None:
-            first = int(prompt_lens[i]) - 1 - start
-            old_logp[i, first : first + len(s.old_logprobs)] = torch.tensor(s.old_logprobs)
-            has_old[i] = True
-    advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    return MicroBatch(
-        input_ids,
-        attention_mask,
-        positions,
-        labels,
-        mask,
-        advantages,
-        old_logp,
-        has_old,
-        domains=tuple(s.domain for s in samples),
-    )
 
 
 def check_samples(samples: Sequence[TrainSample]) -> None:
@@ -116,26 +67,6 @@ def normalisers(
     return Normalisers(float(tokens), float(seqs), max_completion_len or longest)
 
 
-def micro_batches(
-    samples: Sequence[TrainSample], size: int, pad_token_id: int, device: torch.device
-) -> list[MicroBatch]:
-    """Chunks of `size` samples on `device`, longest first; empty completions are left out."""
-    # Sorting by length before chunking keeps padding small; the loss does not depend on order.
-    # Empty completions carry no token loss; they still count in the step's num_seqs.
-    order = sorted(
-        (s for s in samples if s.completion_ids),
-        key=lambda s: len(s.prompt_ids) + len(s.completion_ids),
-        reverse=True,
-    )
-    chunks = [order[i : i + size] for i in range(0, len(order), size)]
-    return [_to_device(build_micro_batch(c, pad_token_id), device) for c in chunks]
-
-
-def _to_device(mb: MicroBatch, device: torch.device) -> MicroBatch:
-    moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in vars(mb).items()}
-    return MicroBatch(**moved)
-
-
 def policy_logits(model: nn.Module, mb: MicroBatch, bf16: bool) -> Tensor:
     """Logits [b, W, V] at the window positions (`model` may be a DeepSpeed engine)."""
     with torch.autocast(mb.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -151,7 +82,10 @@ def policy_logits(model: nn.Module, mb: MicroBatch, bf16: bool) -> Tensor:
 def logprobs_of(
     model: nn.Module, mb: MicroBatch, cfg: LearnerConfig, temperature: float
 ) -> tuple[Tensor, Tensor]:
-    """(logprobs, entropies) [b, W] of the window's labels under softmax(logits / T)."""
+    """(logprobs, entropies) [b, W] of the window's labels under softmax(logits / T); with
+    `cfg.logits_chunk_tokens`, never more than that many tokens' logits at once."""
+    if cfg.logits_chunk_tokens is not None:
+        return chunked_policy_logprobs(model, mb, cfg.bf16, temperature, cfg.logits_chunk_tokens)
     return token_logprobs_and_entropy(policy_logits(model, mb, cfg.bf16), mb.labels, temperature)
 
 
@@ -317,7 +251,7 @@ def sample_logprobs(
     model.eval()
     out: list[list[float]] = []
     for s in samples:
-        mb = _to_device(build_micro_batch([s], pad_token_id), device)
+        mb = to_device(build_micro_batch([s], pad_token_id), device)
         logp, _ = logprobs_of(model, mb, cfg, temperature)
         out.append(logp[0][mb.mask[0]].tolist())
     model.train(was_training)

@@ -17,15 +17,14 @@ from transformers import PreTrainedModel
 
 from omnisched.config.schema import LearnerConfig
 from omnisched.learner.base import TrainSample
+from omnisched.learner.micro_batch import MicroBatch, micro_batches
 from omnisched.learner.step import (
     GradAlignment,
-    MicroBatch,
     Normalisers,
     accumulate_gradients,
     check_samples,
     fill_fixed_logprobs,
     frozen_reference,
-    micro_batches,
     normalisers,
     sample_logprobs,
     step_metrics,
@@ -113,7 +112,10 @@ class TorchLearner:
         """Micro-batches with their fixed (reference, pre-update) logprobs, and the normalisers;
         the model is left in train mode."""
         check_samples(samples)
-        batches = micro_batches(samples, self.cfg.micro_batch_size, self.pad_token_id, self.device)
+        cfg = self.cfg
+        batches = micro_batches(
+            samples, cfg.micro_batch_size, self.pad_token_id, self.device, cfg.micro_batch_tokens
+        )
         norm = normalisers(samples, num_seqs, num_tokens, self.max_completion_len)
         fill_fixed_logprobs(self.model, self.ref_model, batches, self.cfg, self.temperature)
         self.model.train()

@@ -1,7 +1,7 @@
 """The single controller: the driver loop of the paper's algorithm.
 
 warm start -> baseline eval -> for each phase: policy picks domain(s) -> GRPO steps
-(sample groups: draw, generate G, hybrid reward -> learner step -> weight sync)
+(sample groups: draw, generate G, hybrid reward -> learner step -> weight sync; `pipeline`)
 -> checkpoint -> eval every domain -> scheduler records R, entropy -> report
 
 The pieces it drives each have a module: `sft.warm_start`, `RolloutPool`, `RewardPool`,
@@ -23,12 +23,12 @@ from omnisched.config.schema import Recipe
 from omnisched.domains import Domain, build_domains
 from omnisched.errors import OmniError
 from omnisched.metrics import MetricsLogger, write_report
-from omnisched.metrics.rollouts import write_groups
 from omnisched.orchestration import sft
 from omnisched.orchestration.backend import Backend, make_backend
 from omnisched.orchestration.checkpoint import ResumePoint, resume_point, write_checkpoint
 from omnisched.orchestration.evaluator import Evaluator
 from omnisched.orchestration.learner_group import LearnerGroup, check_resume_world_size
+from omnisched.orchestration.pipeline import StepRunner
 from omnisched.orchestration.placement import plan_placement, seats, unsupported_by_controller
 from omnisched.orchestration.recovery import run_with_restarts
 from omnisched.orchestration.reward_pool import reward_pool
@@ -104,6 +104,7 @@ class Controller:
         self.metrics = MetricsLogger(self.run_dir)
         self.sampler = GroupSampler(r, self.domains, self.rng, self.rollout, self.rewards)
         self.evaluator = Evaluator(r, self.domains, self.rollout, self.rewards, self.metrics)
+        self.steps = StepRunner(self)
 
     def _restore(self, start: ResumePoint) -> None:
         self.step = start.step
@@ -131,42 +132,10 @@ class Controller:
 
     # ---- one GRPO step and one evaluation ----------------------------------------------------
     def train_step(
-        self, domains: list[str], mixture: dict[str, float] | None = None
+        self, domains: list[str], mixture: dict[str, float] | None = None, ahead: bool = False
     ) -> dict[str, Any]:
-        r = self.recipe
-        t0 = time.perf_counter()
-        batch = self.sampler.sample(domains, mixture, self.step)
-        t_learn = time.perf_counter()
-        self.rollout.sleep()  # colocated engines free the GPU for the learner (sleep_level)
-        learn = self.learner.train_groups([g.scored() for g in batch.groups])
-        trained = int(learn.pop("samples_trained", 0))
-        # wake; a batch whose groups all tie carried no gradient: weights are unchanged
-        self.rollout.sync_weights(changed=bool(trained))
-        t_end = time.perf_counter()
-        self.step += 1
-        completions = [c for g in batch.drawn for c in g.completions]
-        record = {
-            **batch.metrics(list(self.domains)),
-            **{f"learner/{k}": v for k, v in learn.items()},
-            "samples_trained": trained,
-            **{f"restarts/{k}": v for k, v in self.restarts.items()},
-            "completion_len": sum(len(c.token_ids) for c in completions) / len(completions),
-            "entropy": sum(c.mean_entropy for c in completions) / len(completions),
-            "time/generate_s": batch.generate_s,
-            "time/score_s": batch.score_s,
-            "time/learn_sync_s": t_end - t_learn,
-            "time/sync_s": self.rollout.last_sync_s,
-            "time/step_s": t_end - t0,
-            "domains": "+".join(domains),
-        }
-        self.timings["train_s"] += t_end - t0
-        self.metrics.log(self.step, record)
-        every = r.run.log_rollouts_every
-        if every and self.step % every == 0:
-            write_groups(
-                self.run_dir, batch.groups, r.learner.adv_eps, kind="train", step=self.step
-            )
-        return record
+        """One GRPO step (`pipeline.StepRunner`; `ahead`: the next batch is made meanwhile)."""
+        return self.steps.step(domains, mixture, ahead)
 
     def evaluate(self, label: str) -> Evaluation:
         t0 = time.perf_counter()
@@ -228,7 +197,9 @@ class Controller:
         self.progress("phase", {**info, "reason": decision.reason})
         every = self.recipe.run.checkpoint_every
         for s in range(resume_at, steps):
-            rec = self.train_step(decision.domains, mixture)
+            # overlap: the next batch is made meanwhile, within the phase and up to a checkpoint
+            ahead = s + 1 < steps and not (every and (s + 1) % every == 0)
+            rec = self.train_step(decision.domains, mixture, ahead)
             self.progress("step", {"phase": phase, "step": s, "total": steps, **rec})
             # online policies (bandit) re-weight the domains after every step
             mixture = self.scheduler.observe_step(self.step, rec) or mixture

@@ -17,13 +17,17 @@ from typing import Any
 from omnisched.config.schema import Recipe
 from omnisched.errors import OmniError
 from omnisched.learner.base import ScoredGroup, TrainSample
+from omnisched.learner.batching import plan_micro_batches, seq_len
 from omnisched.orchestration.backend import Backend, InlineBackend
 from omnisched.orchestration.placement import Seat
 from omnisched.orchestration.workers import LearnerWorker, trainer_state_file
 
 
 def deal(
-    samples: Sequence[TrainSample], ranks: int, micro_batch_size: int
+    samples: Sequence[TrainSample],
+    ranks: int,
+    micro_batch_size: int,
+    micro_batch_tokens: int | None = None,
 ) -> list[list[TrainSample]]:
     """Split `samples` over `ranks` so that each rank gets the same number of micro-batches of up
     to `micro_batch_size` samples, with completion tokens balanced greedily (longest first, to
@@ -35,14 +39,18 @@ def deal(
     ranks - 1) fill the ranks that are short: each is the shortest sample's prompt plus its first
     completion token, marked `pad` so that it carries no loss at all. Every rank divides its loss
     by the whole batch's counts (`TrainBatch`) over the world size and DeepSpeed averages the
-    ranks' gradients, so the step equals the single-learner step on all samples, pads or not."""
-    full = sorted(
-        (s for s in samples if s.completion_ids), key=lambda s: len(s.completion_ids), reverse=True
-    )
+    ranks' gradients, so the step equals the single-learner step on all samples, pads or not.
+
+    With `micro_batch_tokens` (micro-batches by a token budget, `micro_batch.plan_micro_batches`)
+    ranks get equal sample counts (within one) with prompt + completion tokens balanced the same
+    way; m is then the most micro-batches any rank's share makes, every rank with fewer samples
+    than m gets pads up to m, and each rank halves its micro-batches up to m
+    (`DeepSpeedLearner`, `micro_batch.split_to_count`)."""
+    by_tokens = micro_batch_tokens is not None
+    length = seq_len if by_tokens else lambda s: len(s.completion_ids)
+    full = sorted((s for s in samples if s.completion_ids), key=length, reverse=True)
     if not full:
         raise ValueError("train_step needs at least one sample with a non-empty completion")
-    batches = -(-len(full) // (ranks * micro_batch_size))  # per rank, the fewest that hold all
-    fewest = (batches - 1) * micro_batch_size + 1  # samples per rank that still need `batches`
     shortest = full[-1]
     pad = TrainSample(
         shortest.prompt_ids,
@@ -51,14 +59,22 @@ def deal(
         None if shortest.old_logprobs is None else shortest.old_logprobs[:1],
         pad=True,
     )
-    items = full + [pad] * max(0, ranks * fewest - len(full))
+    items = list(full)
+    if not by_tokens:
+        batches = -(-len(full) // (ranks * micro_batch_size))  # per rank, the fewest that hold all
+        fewest = (batches - 1) * micro_batch_size + 1  # samples per rank that still need `batches`
+        items += [pad] * max(0, ranks * fewest - len(full))
     room = [len(items) // ranks + (r < len(items) % ranks) for r in range(ranks)]
     shares: list[list[TrainSample]] = [[] for _ in range(ranks)]
     tokens = [0] * ranks
     for s in items:
         r = min((r for r in range(ranks) if len(shares[r]) < room[r]), key=lambda r: tokens[r])
         shares[r].append(s)
-        tokens[r] += len(s.completion_ids)
+        tokens[r] += length(s)
+    if by_tokens:
+        most = max(len(plan_micro_batches(share, 1, micro_batch_tokens)) for share in shares)
+        for share in shares:
+            share.extend([pad] * (most - len(share)))
     for s in samples:
         if not s.completion_ids:
             min(shares, key=len).append(s)
@@ -118,7 +134,7 @@ class LearnerGroup:
         None: the recipe's resources, anywhere."""
         r, pl = recipe, recipe.placement
         self.backend = backend
-        self.micro_batch_size = r.learner.micro_batch_size
+        self.micro_batch = (r.learner.micro_batch_size, r.learner.micro_batch_tokens)
         self._pending: list[Any] = []  # other ranks' share of a collective call still running
         args = (
             r.learner.backend,
@@ -163,7 +179,7 @@ class LearnerGroup:
         samples = batch.samples
         if not samples:
             return {"samples_trained": 0}
-        shares = deal(samples, len(self.workers), self.micro_batch_size)
+        shares = deal(samples, len(self.workers), *self.micro_batch)
         counts = (batch.num_seqs, batch.num_tokens)  # the whole batch's, on every rank
         per_rank = self.backend.gather(
             [

@@ -144,7 +144,7 @@ def learner_bytes(recipe: Recipe, shape: Shape) -> dict[str, float]:
         activations = tokens * (2 * h * shape.layers + per_layer)
     else:
         activations = tokens * per_layer * shape.layers
-    chunk = getattr(lc, "logits_chunk_tokens", None) or completion
+    chunk = lc.logits_chunk_tokens or completion
     return {
         "weights": w * p / (world if stage == 3 else 1),
         "gradients": g * p / (world if stage >= 2 else 1),
@@ -164,8 +164,7 @@ def micro_batch_tokens(recipe: Recipe, shape: Shape) -> tuple[int, int]:
     seq = ASSUMED_PROMPT_TOKENS + new
     if shape.max_positions:
         seq = min(seq, shape.max_positions)
-    budget = getattr(recipe.learner, "micro_batch_tokens", None)
-    tokens = budget or recipe.learner.micro_batch_size * seq
+    tokens = recipe.learner.micro_batch_tokens or recipe.learner.micro_batch_size * seq
     return tokens, math.ceil(tokens * min(new, seq) / seq)
 
 

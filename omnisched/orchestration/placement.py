@@ -146,7 +146,9 @@ def unsupported_by_controller(recipe: Recipe) -> list[str]:
         )
     if pl.colocate:
         problems += _colocation_problems(recipe)
-    return problems
+    from omnisched.orchestration.pipeline import overlap_problems
+
+    return problems + overlap_problems(recipe)
 
 
 def _colocation_problems(recipe: Recipe) -> list[str]:
