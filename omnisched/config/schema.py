@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from omnisched.config.lora import LoraConfig
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -191,12 +193,9 @@ class DeepSpeedConfig(Strict):
     """Options of the `deepspeed` learner backend; the torch backend ignores them."""
 
     zero_stage: int = Field(
-        2,
-        ge=0,
-        le=3,
-        description="what ZeRO shards across ranks: 0 nothing, 1 optimizer states, 2 + gradients, "
-        "3 + parameters",
-    )
+        2, ge=0, le=3, description="what ZeRO shards across ranks: 0 nothing, 1 optimizer "
+        "states, 2 + gradients, 3 + parameters",
+    )  # fmt: skip
     gradient_accumulation_steps: int | None = Field(
         None,
         ge=1,
@@ -244,6 +243,7 @@ class LearnerConfig(Strict):
         "last decoder layer and final norm; the `tac` policy turns it on)",
     )
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters; None: all weights")
 
 
 class ScheduleConfig(Strict):

@@ -207,8 +207,15 @@ class LearnerWorker:
         _quiet_worker(threads)
         torch.manual_seed(seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        adapters = None
+        if self.cfg.lora is not None:  # a LoRA checkpoint: its base, then its adapters
+            from omnisched.learner.lora import checkpoint_parts, load_adapters
+
+            model_path, adapters = checkpoint_parts(model_path)
         model, tokenizer = load_model(model_path, "float32", cpu_attention(device))
         model.to(device)
+        if adapters is not None:
+            model = load_adapters(model, adapters)
         self.learner = LEARNERS.get(backend)(
             model,
             self.cfg,
