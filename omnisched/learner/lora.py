@@ -53,6 +53,10 @@ def check_targets(model: nn.Module, cfg: LoraConfig) -> None:
     names = [n for n, _ in model.named_modules() if n]
     targets = cfg.target_modules
     if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as exc:
+            raise ConfigError(f"learner.lora.target_modules: {targets!r}: {exc}") from None
         unmatched = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
     else:
         unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
@@ -61,6 +65,20 @@ def check_targets(model: nn.Module, cfg: LoraConfig) -> None:
             f"learner.lora.target_modules: {unmatched} match no module of the model; "
             f"its adaptable modules: {', '.join(adaptable_names(model))} (or '{ALL_LINEAR}')"
         )
+
+
+def target_problem(model_path: str, cfg: LoraConfig) -> str | None:
+    """What `check_targets` says of the model in `model_path` (built on the meta device: no
+    weights are read), or None when every target matches."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    try:
+        check_targets(model, cfg)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def attach(model: nn.Module, cfg: LoraConfig) -> PeftModel:
