@@ -99,7 +99,7 @@ def test_only_adapters_train_and_engines_get_peft_merged_weights(base_dir, tmp_p
 
 
 def test_checkpoint_is_a_merged_folder_with_adapters_and_resumes_bit_exactly(base_dir, tmp_path):
-    steps = [scored_groups(s) for s in range(4)]
+    steps = [scored_groups(s) for s in range(3)]
     ckpt = str(tmp_path / "step-2")
     uninterrupted = worker(base_dir)
     for groups in steps[:2]:
