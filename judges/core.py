@@ -12,7 +12,8 @@ Counters (per `take_counters` call): `requests` (calls to the model, retries and
 judge's model lookup included),
 `cache_hits` (samples served from the cache), `retries`, `timeouts`, `http_errors`
 (requests that failed after every retry), `parse_failures` (replies without a valid verdict),
-`fallbacks` (samples that got the fallback verdict).
+`fallbacks` (samples that got the fallback verdict). For conversational rows (a `messages`
+column) the task shown to the judge is the conversation, not the chat-template rendering.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ class Request:
     messages: list[dict[str, str]]
     tag: str
     indices: list[int] = field(default_factory=list)
+
+
+def conversation_text(messages: Sequence[dict[str, str]]) -> str:
+    """A conversation as the judge reads it: one `role: content` block per message, rather
+    than the policy's chat-template rendering with its special tokens."""
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
 class JudgeCore:
@@ -104,6 +111,8 @@ class JudgeCore:
     ) -> tuple[list[Verdict | None], list[Request]]:
         """Cached verdicts in place (None elsewhere) and the unique requests still to make."""
         references = self.references(len(completions), columns)
+        if "messages" in columns:  # conversational rows: the judge reads the conversation
+            prompts = [conversation_text(m) for m in columns["messages"]]
         keys = [cache_key(identity, p, c, r) for p, c, r in zip(prompts, completions, references)]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         verdicts: list[Verdict | None] = [cached.get(k) for k in keys]

@@ -17,6 +17,7 @@ import concurrent.futures
 import os
 import random
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -36,6 +37,16 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API request: chat requests (with a payload) count `tokens` against the limits."""
+
+    method: str
+    path: str
+    payload: dict[str, Any] | None = None
+    tokens: float = 0.0
 
 
 class HttpJudge:
@@ -119,7 +130,7 @@ class HttpJudge:
         """The configured model, else the first one the server lists (as `vllm serve` has one)."""
         if self.model is not None:
             return self.model, ""
-        body, error = await self._call(session, None, "GET", "/v1/models", None)
+        body, error = await self._call(session, None, Call("GET", "/v1/models"))
         try:
             self.model = str(body["data"][0]["id"]) if body is not None else None
         except (KeyError, IndexError, TypeError):
@@ -137,7 +148,7 @@ class HttpJudge:
         }
         tokens = sum(len(m["content"]) for m in req.messages) / 4 + self.max_tokens
         body, error = await self._call(
-            session, sem, "POST", "/v1/chat/completions", payload, tokens
+            session, sem, Call("POST", "/v1/chat/completions", payload, tokens)
         )
         if body is None:
             return None, error
@@ -147,13 +158,7 @@ class HttpJudge:
             return None, f"malformed chat completion: {str(body)[:120]}"
 
     async def _call(
-        self,
-        session: aiohttp.ClientSession,
-        sem: asyncio.Semaphore | None,
-        method: str,
-        path: str,
-        payload: dict[str, Any] | None,
-        tokens: float = 0.0,
+        self, session: aiohttp.ClientSession, sem: asyncio.Semaphore | None, call: Call
     ) -> tuple[Any, str]:
         """(JSON body, "") or (None, why) after `retries` retries; never raises."""
         error, delay = "", 0.0
@@ -161,13 +166,11 @@ class HttpJudge:
             if attempt:
                 self.core.count(retries=1)
                 await asyncio.sleep(delay)
-            if payload is not None:  # chat requests count against the rate limits
-                waited = await self.limiter.acquire(tokens)
+            if call.payload is not None:  # chat requests count against the rate limits
+                waited = await self.limiter.acquire(call.tokens)
                 if waited:
                     self.core.count(rate_wait_ms=int(1000 * waited))
-            status, body, error, retry_after = await self._attempt(
-                session, sem, method, path, payload
-            )
+            status, body, error, retry_after = await self._attempt(session, sem, call)
             if status == 200:
                 return body, ""
             if status is not None and status not in RETRYABLE:
@@ -177,14 +180,10 @@ class HttpJudge:
         return None, error
 
     async def _attempt(
-        self,
-        session: aiohttp.ClientSession,
-        sem: asyncio.Semaphore | None,
-        method: str,
-        path: str,
-        payload: dict[str, Any] | None,
+        self, session: aiohttp.ClientSession, sem: asyncio.Semaphore | None, call: Call
     ) -> tuple[int | None, Any, str, float | None]:
         """One request: (status or None when no answer came, JSON body, error, Retry-After)."""
+        method, path, payload = call.method, call.path, call.payload
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:
             async with sem or _NoLimit():

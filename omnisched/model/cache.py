@@ -25,7 +25,10 @@ def cache_key(model_cfg: ModelConfig, demos: Sequence[Demo], seed: int) -> str:
     """Hash of (format version, tiny config, warm-start config minus cache_dir, seed, demos, and
     the SFT's precision where it is not bfloat16)."""
     sft_cfg = model_cfg.warm_start.model_dump(mode="json", exclude={"cache_dir"})
-    meta = {"v": FORMAT_VERSION, "tiny": model_cfg.tiny.model_dump(), "sft": sft_cfg, "seed": seed}
+    tiny = model_cfg.tiny.model_dump(
+        exclude={"tokenizer"} if model_cfg.tiny.tokenizer == "char" else None
+    )
+    meta = {"v": FORMAT_VERSION, "tiny": tiny, "sft": sft_cfg, "seed": seed}
     if model_cfg.dtype != "bfloat16":  # autocast precision (older keys: bfloat16 always)
         precision = model_cfg.dtype
         if precision == "auto":

@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from omnisched.config.schema import ModelConfig
 from omnisched.model.build import build_tiny_model, cpu_attention, save_model
 from omnisched.model.cache import FORMAT_VERSION, Demo, cache_key, resolve
+from omnisched.model.chat_model import build_bpe_tokenizer, stop_on_both_eos
 from omnisched.model.precision import resolve_dtype
 from omnisched.model.tokenizer import build_char_tokenizer
 
@@ -49,8 +50,11 @@ def warm_start(
         log.info("warm start: using %s", target)
         return target
     torch.set_num_threads(threads)
-    tokenizer = build_char_tokenizer()
+    chat = model_cfg.tiny.tokenizer == "chat"
+    tokenizer = build_bpe_tokenizer() if chat else build_char_tokenizer()
     model = build_tiny_model(model_cfg.tiny, tokenizer, seed)
+    if chat:
+        stop_on_both_eos(model, tokenizer)
     ws = model_cfg.warm_start
     if ws.enabled and demos and ws.steps > 0:
         sft(model, tokenizer, demos, model_cfg, seed, progress)

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from omnisched.config.schema import Recipe
-from omnisched.domains import Domain, build_domain
+from omnisched.domains import Domain, build_domains
 from omnisched.errors import OmniError
 from omnisched.metrics import MetricsLogger, write_report
 from omnisched.metrics.rollouts import write_groups
@@ -54,9 +54,7 @@ class Controller:
         self.resume = resume
         self.progress = progress or (lambda event, info: None)
         self.rng = random.Random(recipe.run.seed)  # the prompt sampler's, checkpointed
-        self.domains: dict[str, Domain] = {
-            d.name: build_domain(d, recipe.data_seed) for d in recipe.domains
-        }
+        self.domains: dict[str, Domain] = build_domains(recipe)
         self.step = 0
         self.timings: dict[str, float] = {"eval_s": 0.0, "train_s": 0.0, "warm_start_s": 0.0}
         self.start: ResumePoint | None = None

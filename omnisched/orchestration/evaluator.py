@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from omnisched.config.schema import Recipe
-from omnisched.domains import Domain, build_domain
+from omnisched.domains import Domain, build_domains
 from omnisched.metrics import MetricsLogger
 from omnisched.metrics.rollouts import write_groups
 from omnisched.orchestration.groups import Group
@@ -82,7 +82,7 @@ def evaluate_folder(recipe: Recipe, model_dir: Path, out_dir: Path, label: str) 
     same seed, so the same eval sets and sampling seed. Writes `out_dir/metrics.jsonl`."""
     from omnisched.orchestration.backend import make_backend
 
-    domains = {d.name: build_domain(d, recipe.data_seed) for d in recipe.domains}
+    domains = build_domains(recipe)
     backend = make_backend(recipe.ray)
     metrics = MetricsLogger(Path(out_dir))
     try:  # no learner, no placement group: the engines and reward workers go where Ray puts them

@@ -42,6 +42,7 @@ LOGIT_BYTES = 14
 CUDA_CONTEXT_GIB = 1.0
 ENGINE_RESERVE_GIB = 2.0
 CHAR_VOCAB = 260  # the tiny model's char tokenizer: 4 specials + 256 bytes
+CHAT_VOCAB = 512  # model.tiny.tokenizer: chat (omnisched.model.chat_model's default size)
 # Public config.json fields of the Qwen2.5 models (hidden, layers, heads, kv heads, MLP, vocab,
 # tied embeddings).
 SHAPES: dict[str, tuple[int, int, int, int, int, int, bool]] = {
@@ -118,7 +119,8 @@ def recipe_shape(recipe: Recipe) -> tuple[Shape | None, str]:
         t = recipe.model.tiny
         shape = Shape(
             t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads, t.intermediate_size,
-            CHAR_VOCAB, True, max_positions=t.max_position_embeddings,
+            CHAR_VOCAB if t.tokenizer == "char" else CHAT_VOCAB, True,
+            max_positions=t.max_position_embeddings,
         )  # fmt: skip
         return shape, "model.tiny"
     return None, f"{path} has no config.json and placement.model_shape is not set"

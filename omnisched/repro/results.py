@@ -81,15 +81,22 @@ def gains(
 def _wins(per_seed: Mapping[Any, Mapping[str, Any]], arm: str, domains: Sequence[str]) -> dict:
     """Paired by seed: how often the curriculum's average beat `arm`'s, and the mean/std of the
     paired difference."""
-    diffs = [
-        average(s["arms"][CURRICULUM]["accuracy"], domains)
-        - average(s["arms"][arm]["accuracy"], domains)
-        for s in per_seed.values()
-        if CURRICULUM in s["arms"] and arm in s["arms"]
-    ]
+    diffs = seed_differences(per_seed, CURRICULUM, arm, domains)
     if not diffs:
         return {}
     return {"wins": sum(d > 0 for d in diffs), "seeds": len(diffs), "diff": mean_std(diffs)}
+
+
+def seed_differences(
+    per_seed: Mapping[Any, Mapping[str, Any]], arm: str, other: str, domains: Sequence[str]
+) -> list[float]:
+    """`arm`'s all-domain average minus `other`'s, per seed where both ran."""
+    return [
+        average(s["arms"][arm]["accuracy"], domains)
+        - average(s["arms"][other]["accuracy"], domains)
+        for s in per_seed.values()
+        if arm in s["arms"] and other in s["arms"]
+    ]
 
 
 def bootstrap_ci(values: Sequence[float], reps: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -113,12 +120,7 @@ def paired_differences(
     for arm in arms:
         if arm == reference:
             continue
-        diffs = [
-            average(s["arms"][arm]["accuracy"], domains)
-            - average(s["arms"][reference]["accuracy"], domains)
-            for s in per_seed.values()
-            if arm in s["arms"] and reference in s["arms"]
-        ]
+        diffs = seed_differences(per_seed, arm, reference, domains)
         if not diffs:
             continue
         lo, hi = bootstrap_ci(diffs) if len(diffs) > 1 else (diffs[0], diffs[0])

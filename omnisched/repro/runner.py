@@ -17,7 +17,7 @@ from typing import Any
 
 from omnisched.config.load import validate_recipe
 from omnisched.config.schema import Recipe
-from omnisched.domains import build_domain
+from omnisched.domains import build_domains
 from omnisched.errors import ConfigError
 from omnisched.metrics.logger import read_metrics
 from omnisched.repro.arms import (
@@ -126,7 +126,7 @@ def base_model_folder(recipe: Recipe, scratch: Path) -> Path:
     from omnisched.orchestration import sft
     from omnisched.orchestration.backend import InlineBackend
 
-    domains = {d.name: build_domain(d, recipe.data_seed) for d in recipe.domains}
+    domains = build_domains(recipe)
     scratch.mkdir(parents=True, exist_ok=True)
     return Path(sft.warm_start(recipe, domains, InlineBackend(), scratch))
 
@@ -331,7 +331,7 @@ def reproduce(recipe: Recipe, out: Path, opts: ReproOptions, say: Say = log.info
         recipe = quick_recipe(recipe)
     seeds = [recipe.run.seed + i for i in range(1 if opts.quick else opts.seeds)]
     domains = [d.name for d in recipe.domains]
-    kinds = {d.name: build_domain(d, recipe.data_seed).kind for d in recipe.domains}
+    kinds = {name: dom.kind for name, dom in build_domains(recipe).items()}
     arms = select_arms(plan_arms(domains, opts.all_orders, kinds), opts.arms)
     s = recipe.schedule
     compute = arm_compute(

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from omnisched.model.build import cpu_attention, load_model
+from omnisched.model.build import cpu_attention, load_model, stop_token_ids
 from omnisched.rollout import weight_sync
 from omnisched.rollout.base import Completion, SamplingParams
 
@@ -41,7 +41,7 @@ class HFEngine:
         attn = attn_implementation or cpu_attention(self.device.type)
         self.model, self.tokenizer = load_model(model_path, dtype, attn)
         self.model.to(self.device).eval()
-        self.eos = self.tokenizer.eos_token_id
+        self.eos = torch.tensor(stop_token_ids(self.model, self.tokenizer), device=self.device)
         self.pad = self.tokenizer.pad_token_id
         self.max_batch = max_batch
 
@@ -111,7 +111,7 @@ class HFEngine:
         trace = Trace(len(prompts) * params.n, self.device)
         for step in range(params.max_new_tokens):
             tok, logprob, entropy = sample_step(logits, params, gen)
-            live = trace.record(tok, logprob, entropy, tok == self.eos)
+            live = trace.record(tok, logprob, entropy, torch.isin(tok, self.eos))
             if step == params.max_new_tokens - 1 or not bool(live.any()):
                 break
             if not bool(live.all()):  # drop finished rows so they cost nothing more

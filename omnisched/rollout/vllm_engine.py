@@ -202,14 +202,16 @@ class VLLMEngine:
     def _completion(self, prompt: str, prompt_ids: list[int], out: Any) -> Completion:
         tokens = list(out.token_ids)
         logprobs, entropies = flat_logprobs_and_entropies(out.logprobs, len(tokens))
+        finished = out.finish_reason == "stop"  # on an EOS / stop id: not part of the text,
+        shown = tokens[:-1] if finished else tokens  # as HF's, also for a non-special stop id
         return Completion(
             prompt=prompt,
-            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            text=self.tokenizer.decode(shown, skip_special_tokens=True),
             prompt_ids=prompt_ids,
             token_ids=tokens,
             logprobs=logprobs,
             entropies=entropies if self.entropy_topk else [],
-            finished=out.finish_reason == "stop",
+            finished=finished,
         )
 
 
