@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from omnisched.config.lora import LoraConfig
 from omnisched.config.strict import Strict
 
 ZERO3_CHUNKS = (
@@ -88,6 +89,7 @@ class LearnerConfig(Strict):
         "last decoder layer and final norm; the `tac` policy turns it on)",
     )
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters; None: all weights")
 
     @model_validator(mode="after")
     def _chunks_need_whole_head(self) -> LearnerConfig:

@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 
 from omnisched.config.learner import ZERO3_CHUNKS, LearnerConfig
 from omnisched.errors import ConfigError
+from omnisched.learner import lora
 from omnisched.learner.base import TrainSample
 from omnisched.learner.batching import plan_micro_batches, split_to_count
 from omnisched.learner.micro_batch import MicroBatch, build_micro_batch, to_device
@@ -34,7 +35,6 @@ from omnisched.learner.step import (
     accumulate_gradients,
     check_samples,
     fill_fixed_logprobs,
-    frozen_reference,
     normalisers,
     sample_logprobs,
     step_metrics,
@@ -124,8 +124,9 @@ class DeepSpeedLearner:
         self.pad_token_id = pad_token_id
         self.max_completion_len = max_completion_len
         self.temperature = temperature
-        self.ref_model = frozen_reference(model, ref_model, cfg)  # copied before bf16 casting
-        self.dtypes = {k: v.dtype for k, v in model.state_dict().items()}  # handed back in these
+        # the reference is copied before bf16 casting; with cfg.lora it is the peft model's base
+        model, self.ref_model = lora.with_reference(model, ref_model, cfg)
+        self.dtypes = {k: v.dtype for k, v in lora.base_state(model).items()}  # sync dtypes
         self.dtype = model.dtype
         init_distributed()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -175,12 +176,16 @@ class DeepSpeedLearner:
 
     def state_dict(self) -> dict[str, Tensor]:
         """Full policy weights as a detached CPU snapshot in the model's original dtypes. Under
-        ZeRO-3 each parameter is gathered from its shards in turn: call it on every rank."""
+        ZeRO-3 each parameter is gathered from its shards in turn: call it on every rank. With
+        LoRA: the merged weights under the base model's names."""
+        gather = deepspeed.zero.GatheredParameters
+        if self.cfg.lora is not None:
+            return lora.merged_state_dict(self.model, gather, self.dtypes)
         full: dict[str, Tensor] = {}
         copies: dict[int, Tensor] = {}  # tied weights appear under two names
         for name, tensor in self.model.state_dict(keep_vars=True).items():
             if id(tensor) not in copies:
-                with deepspeed.zero.GatheredParameters([tensor]):
+                with gather([tensor]):
                     copies[id(tensor)] = tensor.detach().to("cpu", self.dtypes[name], copy=True)
             full[name] = copies[id(tensor)]
         return full
@@ -188,8 +193,13 @@ class DeepSpeedLearner:
     def save(self, path: Path | str) -> None:
         """Rank 0 writes an HF model folder of the full weights (every rank must call it)."""
         state = self.state_dict()
+        gather = deepspeed.zero.GatheredParameters
+        adapters = lora.adapter_weights(self.model, gather, self.dtype) if self.cfg.lora else None
         if dist.get_rank() == 0:
-            self.model.save_pretrained(str(path), state_dict=state)
+            if adapters is not None:  # the merged weights, and the adapters in `adapter/`
+                lora.save(self.model, path, state, adapters)
+            else:
+                self.model.save_pretrained(str(path), state_dict=state)
             self.model.config.dtype = str(self.dtype).removeprefix("torch.")  # not the engine's
             self.model.config.save_pretrained(str(path))
 

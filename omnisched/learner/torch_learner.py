@@ -16,6 +16,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from omnisched.config.schema import LearnerConfig
+from omnisched.learner import lora
 from omnisched.learner.base import TrainSample
 from omnisched.learner.micro_batch import MicroBatch, micro_batches
 from omnisched.learner.step import (
@@ -24,7 +25,6 @@ from omnisched.learner.step import (
     accumulate_gradients,
     check_samples,
     fill_fixed_logprobs,
-    frozen_reference,
     normalisers,
     sample_logprobs,
     step_metrics,
@@ -49,15 +49,14 @@ class TorchLearner:
         max_completion_len: int | None = None,
         temperature: float = 1.0,
     ) -> None:
-        self.model = model
         self.cfg = cfg.model_copy(update={"bf16": resolve_bf16(cfg.bf16)})  # "auto" resolved
         cfg = self.cfg
         self.pad_token_id = pad_token_id
         self.max_completion_len = max_completion_len
         self.temperature = temperature
-        self.ref_model = frozen_reference(model, ref_model, cfg)
-        self.device = next(model.parameters()).device
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.model, self.ref_model = lora.with_reference(model, ref_model, cfg)  # cfg.lora: peft
+        self.device = next(self.model.parameters()).device
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
@@ -100,10 +99,17 @@ class TorchLearner:
         return sample_logprobs(self.model, samples, self.cfg, self.pad_token_id, self.temperature)
 
     def state_dict(self) -> dict[str, Tensor]:
-        """A detached CPU snapshot of the policy weights (later steps do not change it)."""
+        """A detached CPU snapshot of the policy weights (later steps do not change it); with
+        LoRA the merged weights under the base model's names."""
+        if self.cfg.lora is not None:
+            return lora.merged_state_dict(self.model)
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def save(self, path: Path | str) -> None:
+        """An HF folder of the policy (with LoRA: merged, the adapters in `adapter/`)."""
+        if self.cfg.lora is not None:
+            merged, adapters = lora.merged_state_dict(self.model), lora.adapter_weights(self.model)
+            return lora.save(self.model, path, merged, adapters)
         self.model.save_pretrained(str(path))
 
     def _prepare(

@@ -214,8 +214,15 @@ class LearnerWorker:
         _quiet_worker(threads)
         torch.manual_seed(seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        adapters = None
+        if self.cfg.lora is not None:  # a LoRA checkpoint: its base, then its adapters
+            from omnisched.learner.lora import checkpoint_parts, load_adapters
+
+            model_path, adapters = checkpoint_parts(model_path)
         model, tokenizer = load_model(model_path, "float32", cpu_attention(device))
         model.to(device)
+        if adapters is not None:
+            model = load_adapters(model, adapters)
         self.learner = LEARNERS.get(backend)(
             model,
             self.cfg,
@@ -271,9 +278,10 @@ class LearnerWorker:
 
     def live_weights(self) -> dict[str, torch.Tensor] | None:
         """The policy's own tensors (no copy), for an engine in this process to copy from;
-        None where this rank does not hold them whole (a world of several ranks, ZeRO-3)."""
+        None where this rank does not hold them whole (a world of several ranks, ZeRO-3) or they
+        are not the engines' weights (LoRA: the merged weights come from `state_dict`)."""
         sharded = self.cfg.backend == "deepspeed" and self.cfg.deepspeed.zero_stage == 3
-        if self.world_size > 1 or sharded:
+        if self.world_size > 1 or sharded or self.cfg.lora is not None:
             return None
         model = getattr(self.learner, "model", None)
         return None if model is None else model.state_dict(keep_vars=False)
