@@ -97,16 +97,18 @@ def math_dataset(n: int, seed: int = 0):
     return Dataset.from_list(rows)
 
 
-def trl_config(s: dict[str, Any], output_dir: Path):
+def trl_config(s: dict[str, Any], output_dir: Path, group_size: int, cuda: bool = False):
+    """TRL's GRPOConfig matching omnisched's settings `s` (token-mean loss, no KL, lr, micro-batch,
+    T=1, no top-k/top-p): `s["warmup"] + s["steps"]` steps of `s["prompts"] * group_size`."""
     from trl import GRPOConfig
 
-    batch = s["prompts"] * s["group_size"]
+    batch = s["prompts"] * group_size
     return GRPOConfig(
         output_dir=str(output_dir),
         max_steps=s["warmup"] + s["steps"],
         per_device_train_batch_size=s["micro_batch"],
         gradient_accumulation_steps=batch // s["micro_batch"],
-        num_generations=s["group_size"],
+        num_generations=group_size,
         max_completion_length=s["new_tokens"],
         temperature=1.0,
         top_p=1.0,
@@ -123,9 +125,12 @@ def trl_config(s: dict[str, Any], output_dir: Path):
         max_grad_norm=1.0,
         lr_scheduler_type="constant",
         bf16=True,
-        use_cpu=True,
+        use_cpu=not cuda,
         gradient_checkpointing=False,
-        model_init_kwargs={"dtype": "float32", "attn_implementation": cpu_attention()},
+        model_init_kwargs={
+            "dtype": "float32",
+            "attn_implementation": "sdpa" if cuda else cpu_attention(),
+        },
         logging_steps=1,
         report_to="none",
         save_strategy="no",
@@ -161,7 +166,7 @@ def trl_side(model: Path, s: dict[str, Any], workdir: Path) -> dict[str, Any]:
     trainer = GRPOTrainer(
         model=str(model),
         reward_funcs=[rewards.get("math")],
-        args=trl_config(s, workdir / "trl"),
+        args=trl_config(s, workdir / "trl", s["group_size"]),
         train_dataset=math_dataset(s["prompts"] * steps),
         callbacks=[clock],
     )

@@ -35,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_e2e import trl_config
 from bench_rollout_overhead import hf_sides, measure
 from common import Figure, add_common_args, matmul_flops_per_token, quiet, steady_rate, write_result
 from loop import steady_stats, train_rows
@@ -158,10 +159,9 @@ def trl_side(folder: Path, s: dict[str, Any], rows: list[dict], workdir: Path) -
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     import rewards
-    from omnisched.model.build import cpu_attention
 
     cuda = torch.cuda.is_available()
     batch, steps = s["prompts"] * s["n"], s["warmup"] + s["steps"]
@@ -178,39 +178,7 @@ def trl_side(folder: Path, s: dict[str, Any], rows: list[dict], workdir: Path) -
             if logs and "completions/mean_length" in logs:
                 self.lengths.append(logs["completions/mean_length"])
 
-    attn = "sdpa" if cuda else cpu_attention("cpu")
-    config = GRPOConfig(
-        output_dir=str(workdir / "trl"),
-        max_steps=steps,
-        per_device_train_batch_size=s["micro_batch"],
-        gradient_accumulation_steps=batch // s["micro_batch"],
-        num_generations=s["n"],
-        max_completion_length=s["new_tokens"],
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        beta=0.0,
-        num_iterations=1,
-        loss_type="dapo",
-        scale_rewards="group",
-        epsilon=0.2,
-        learning_rate=s["lr"],
-        adam_beta1=0.9,
-        adam_beta2=0.99,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        lr_scheduler_type="constant",
-        bf16=True,
-        use_cpu=not cuda,
-        gradient_checkpointing=False,
-        model_init_kwargs={"dtype": "float32", "attn_implementation": attn},
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=0,
-    )
+    config = trl_config(s, workdir / "trl", s["n"], cuda)
     clock = Clock()
     trainer = GRPOTrainer(
         model=str(folder),

@@ -11,6 +11,9 @@ if TYPE_CHECKING:  # the driver imports these contracts without loading torch
     import torch
 
 
+Count = int | None  # a whole batch's count for the loss normalisers; None: count what is given
+
+
 @dataclass
 class TrainSample:
     """One completion ready for a policy-gradient step.
@@ -57,10 +60,7 @@ class Learner(Protocol):
     """A training backend (plain torch on CPU, DeepSpeed ZeRO on GPU)."""
 
     def train_step(
-        self,
-        samples: Sequence[TrainSample],
-        num_seqs: int | None = None,
-        num_tokens: int | None = None,
+        self, samples: Sequence[TrainSample], num_seqs: Count = None, num_tokens: Count = None
     ) -> dict[str, float]:
         """One optimizer step on the samples; returns scalar metrics (loss, kl, grad_norm...).
 

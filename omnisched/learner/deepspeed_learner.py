@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 from omnisched.config.learner import ZERO3_CHUNKS, LearnerConfig
 from omnisched.errors import ConfigError
 from omnisched.learner import lora
-from omnisched.learner.base import TrainSample
+from omnisched.learner.base import Count, TrainSample
 from omnisched.learner.batching import plan_micro_batches, split_to_count
 from omnisched.learner.micro_batch import MicroBatch, build_micro_batch, to_device
 from omnisched.learner.step import (
@@ -142,10 +142,7 @@ class DeepSpeedLearner:
             self.ref_model.to(self.device)
 
     def train_step(
-        self,
-        samples: Sequence[TrainSample],
-        num_seqs: int | None = None,
-        num_tokens: int | None = None,
+        self, samples: Sequence[TrainSample], num_seqs: Count = None, num_tokens: Count = None
     ) -> dict[str, float]:
         """`cfg.ppo_epochs` passes over `samples`, each one optimizer step per accumulation group;
         metrics (this rank's, as `TorchLearner.train_step`) are averaged over the steps.

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from omnisched.config.schema import LearnerConfig
 from omnisched.learner import lora
-from omnisched.learner.base import TrainSample
+from omnisched.learner.base import Count, TrainSample
 from omnisched.learner.micro_batch import MicroBatch, micro_batches
 from omnisched.learner.step import (
     GradAlignment,
@@ -62,10 +62,7 @@ class TorchLearner:
         )
 
     def train_step(
-        self,
-        samples: Sequence[TrainSample],
-        num_seqs: int | None = None,
-        num_tokens: int | None = None,
+        self, samples: Sequence[TrainSample], num_seqs: Count = None, num_tokens: Count = None
     ) -> dict[str, float]:
         """`cfg.ppo_epochs` optimizer steps on `samples`; metrics are averaged over the epochs.
 
@@ -79,10 +76,7 @@ class TorchLearner:
         return step_metrics(epochs, samples, self.cfg.ppo_epochs, t0)
 
     def compute_gradients(
-        self,
-        samples: Sequence[TrainSample],
-        num_seqs: int | None = None,
-        num_tokens: int | None = None,
+        self, samples: Sequence[TrainSample], num_seqs: Count = None, num_tokens: Count = None
     ) -> dict[str, float]:
         """The first epoch's loss and gradient (left in each parameter's `.grad`) exactly as
         `train_step` computes them, without clipping or an optimizer step: for checking the

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from omnisched.config.schema import LearnerConfig
 from omnisched.errors import OmniError
-from omnisched.learner.base import ScoredGroup, TrainBatch, TrainSample
+from omnisched.learner.base import Count, ScoredGroup, TrainBatch, TrainSample
 from omnisched.rollout.base import Completion, SamplingParams
 
 if TYPE_CHECKING:  # torch loads inside the worker processes only; the driver stays torch-free
@@ -247,10 +247,7 @@ class LearnerWorker:
         return train_batch(groups, self.cfg)
 
     def train_step(
-        self,
-        samples: Sequence[TrainSample],
-        num_seqs: int | None = None,
-        num_tokens: int | None = None,
+        self, samples: Sequence[TrainSample], num_seqs: Count = None, num_tokens: Count = None
     ) -> dict[str, float]:
         metrics = self.learner.train_step(samples, num_seqs, num_tokens)
         release_freed_memory()
