@@ -20,7 +20,13 @@ from omnisched.errors import OmniError
 from omnisched.model.build import cpu_attention, load_model, stop_token_ids
 from omnisched.rollout import weight_sync
 from omnisched.rollout.base import Completion, SamplingParams
-from omnisched.rollout.hf_decode import Decoded, check_maskable, decode_drop, decode_mask
+from omnisched.rollout.hf_decode import (
+    Decoded,
+    DecodeInputs,
+    check_maskable,
+    decode_drop,
+    decode_mask,
+)
 
 DECODES = ("auto", "drop", "mask")
 PROMPT_BUCKET = 32  # masked decoding pads prompts to a multiple: few static-cache shapes
@@ -147,6 +153,7 @@ class HFEngine:
         rows, n = len(prompts) * params.n, params.n
         uniforms = self._uniforms(params, chunk, rows)
         last_pos = pos[:, -1].repeat_interleave(n)
+        stops = (self.eos, self.pad)
         if self.decode == "mask":  # every row prefilled into a static cache that spans the decode
             ids, mask, pos = (x.repeat_interleave(n, 0) for x in (ids, mask, pos))
             mask = torch.cat([mask, mask.new_ones(rows, params.max_new_tokens)], dim=1)
@@ -154,16 +161,16 @@ class HFEngine:
             slots = torch.arange(mask.shape[1], device=self.device)
             logits = self._forward(ids, mask, pos, cache, slots[: ids.shape[1]])
             step = self._step or self._forward
-            args = (step, logits, cache, mask, last_pos, params, uniforms, self.eos, self.pad)
-            decoded = decode_mask(*args, slots=slots, check_every=self.check_every)
+            d = DecodeInputs(step, logits, cache, mask, last_pos, params, uniforms, *stops)
+            decoded = decode_mask(d, slots=slots, check_every=self.check_every)
         else:
             cache = DynamicCache(config=self.model.config)
             logits = self._forward(ids, mask, pos, cache)  # prefill each prompt once, then repeat
             if n > 1:
                 cache.batch_repeat_interleave(n)
                 logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-            args = (self._forward, logits, cache, mask, last_pos, params, uniforms)
-            decoded = decode_drop(*args, self.eos, self.pad)
+            d = DecodeInputs(self._forward, logits, cache, mask, last_pos, params, uniforms, *stops)
+            decoded = decode_drop(d)
         return self._completions(prompts, enc, n, decoded)
 
     def _uniforms(self, params: SamplingParams, chunk: int, rows: int) -> torch.Tensor:

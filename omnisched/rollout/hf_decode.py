@@ -27,6 +27,23 @@ Forward = Callable[..., torch.Tensor]  # (ids, mask, pos, cache) -> last-positio
 
 
 @dataclass
+class DecodeInputs:
+    """What a decode loop starts from: the prefill's last logits, its cache and attention mask,
+    each row's last position, the sampling params with one uniform per (step, row), the stop ids
+    and the pad id written after a row ends; `forward` runs one decode step."""
+
+    forward: Forward
+    logits: torch.Tensor
+    cache: object
+    mask: torch.Tensor
+    last_pos: torch.Tensor
+    params: SamplingParams
+    uniforms: torch.Tensor
+    eos: torch.Tensor
+    pad: int
+
+
+@dataclass
 class Decoded:
     """The decode of R rows on the host: per row its tokens (EOS included), logprobs, entropies."""
 
@@ -67,18 +84,10 @@ class Record:
         )
 
 
-def decode_drop(
-    forward: Forward,
-    logits: torch.Tensor,
-    cache,
-    mask: torch.Tensor,
-    last_pos: torch.Tensor,
-    params: SamplingParams,
-    uniforms: torch.Tensor,
-    eos: torch.Tensor,
-    pad: int,
-) -> Decoded:
+def decode_drop(d: DecodeInputs) -> Decoded:
     """Decode, dropping finished rows from the batch and the cache (a host sync per step)."""
+    forward, logits, cache, mask, last_pos = d.forward, d.logits, d.cache, d.mask, d.last_pos
+    params, uniforms, eos, pad = d.params, d.uniforms, d.eos, d.pad
     rows_total = logits.shape[0]
     record = Record(rows_total, params.max_new_tokens, pad, logits.device)
     rows = torch.arange(rows_total, device=logits.device)  # original row of each batch row
@@ -99,21 +108,13 @@ def decode_drop(
 
 
 def decode_mask(
-    step: Forward,
-    logits: torch.Tensor,
-    cache,
-    mask: torch.Tensor,
-    last_pos: torch.Tensor,
-    params: SamplingParams,
-    uniforms: torch.Tensor,
-    eos: torch.Tensor,
-    pad: int,
-    slots: torch.Tensor | None = None,
-    check_every: int = 16,
+    d: DecodeInputs, slots: torch.Tensor | None = None, check_every: int = 16
 ) -> Decoded:
     """Decode every row to the end (finished rows masked); `mask` spans the whole static cache
     (prompt + max_new_tokens columns: causality hides the columns not yet written); `slots`:
-    the cache positions 0..width-1 on the device, handed to `step` one at a time."""
+    the cache positions 0..width-1 on the device, handed to `d.forward` one at a time."""
+    step, logits, cache, mask, last_pos = d.forward, d.logits, d.cache, d.mask, d.last_pos
+    params, uniforms, eos, pad = d.params, d.uniforms, d.eos, d.pad
     rows_total = logits.shape[0]
     record = Record(rows_total, params.max_new_tokens, pad, logits.device)
     done = torch.zeros(rows_total, dtype=torch.bool, device=logits.device)
