@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from common import (
     cpu_attention,
     matmul_peak,
     median,
+    model_folder,
     quiet,
     set_threads,
     train_flops,
@@ -222,11 +222,7 @@ def main() -> None:
     s = settings(args)
     set_threads(args.threads)
     quiet()
-    with tempfile.TemporaryDirectory(prefix="bench-learner-") as tmp:
-        if args.model is None:
-            from models import random_model
-
-            args.model = random_model(Path(tmp) / "model", args.smoke)
+    with model_folder(args, "bench-learner-"):
         details = measure(args.model, s)
     details["peak_flops_per_s"] = {
         dt: matmul_peak(dt, n=s["matmul_n"], reps=3) for dt in ("bfloat16", "float32")

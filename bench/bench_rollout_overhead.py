@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Figure, add_common_args, by_mode, median, quiet, set_threads, write_result
+from common import (
+    Figure,
+    add_common_args,
+    by_mode,
+    median,
+    model_folder,
+    quiet,
+    set_threads,
+    write_result,
+)
 from models import math_prompts
 
 TARGETS = {"hf": 0.8, "vllm": 0.9}
@@ -192,11 +200,7 @@ def main() -> None:
         return
     set_threads(args.threads)
     quiet()
-    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
-        if args.model is None:
-            from models import random_model
-
-            args.model = random_model(Path(tmp) / "model", args.smoke)
+    with model_folder(args, "bench-rollout-"):
         details = run(args.model, s)
     fig = Figure(
         f"{args.backend} rollout tokens/s",

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GIB, Figure, add_common_args, by_mode, write_result
+from common import GIB, Figure, add_common_args, by_mode, model_folder, write_result
 from loop import MemorySampler, recipe_data
 
 ORDER = ("math", "code", "qa", "creative")
@@ -146,12 +145,8 @@ def main() -> None:
     steps = args.steps or by_mode(args, 2, 1, 1)
     memory = MemorySampler().start()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
-        if args.model is None:
-            from models import random_model
-
-            args.model = random_model(Path(tmp) / "model", args.smoke)
-        ctl = start(args.model, args.threads, Path(tmp))
+    with model_folder(args, "bench-scaling-") as tmp:
+        ctl = start(args.model, args.threads, tmp)
         try:
             for point in points(args):
                 rows.append(measure(ctl, point, steps, memory))

@@ -9,13 +9,15 @@ Every benchmark writes `bench/results/<name>.json`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -196,6 +198,18 @@ def mode(args: argparse.Namespace) -> str:
 
 def by_mode(args: argparse.Namespace, full: Any, quick: Any, smoke: Any) -> Any:
     return {"full": full, "quick": quick, "smoke": smoke}[mode(args)]
+
+
+@contextlib.contextmanager
+def model_folder(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """`args.model`, else a random model of the bench shape (the smoke shape with --smoke) in a
+    temporary folder that lives as long as the block; yields that temporary folder."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        if args.model is None:
+            from models import random_model
+
+            args.model = random_model(Path(tmp) / "model", args.smoke)
+        yield Path(tmp)
 
 
 def set_threads(threads: int) -> None:

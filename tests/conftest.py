@@ -17,10 +17,79 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+TINY_RECIPE = ROOT / "recipes/tiny.yaml"
+PAPER_RECIPE = ROOT / "recipes/omni-thinker-7b.yaml"
+
 WORDS = ["".join(t) for t in itertools.product("abcdef", repeat=3)]
 random.Random(0).shuffle(WORDS)
 COPY_TRAIN, COPY_HELD_OUT = WORDS[:180], WORDS[180:]
 GAP = 0.05  # logits: far above fp32 and bf16 rounding of a tiny model, far below real margins
+
+
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def run_python(*args: str, cwd: Path | str | None = None, timeout: float = 120):
+    """`python ARGS` in a fresh interpreter (this venv's), output captured; fails the test with
+    the end of its stderr unless it exits 0. Returns the completed process. torch.distributed's
+    variables are not passed on: a DeepSpeed learner built earlier in this pytest process sets
+    RANK / WORLD_SIZE, which would make TRL (accelerate) in the child look for a process group."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def bench_smoke(script: str, out_dir: Path, *args: str, timeout: float = 300):
+    """`bench/SCRIPT --smoke ARGS --threads 1 --out-dir OUT_DIR`, which must exit 0."""
+    root = Path(__file__).resolve().parents[1]
+    bench = str(root / "bench" / script)
+    return run_python(
+        bench,
+        "--smoke",
+        *args,
+        "--threads",
+        "1",
+        "--out-dir",
+        str(out_dir),
+        cwd=root,
+        timeout=timeout,
+    )
+
+
+def run_records(run_dir: Path, kind: str) -> list[dict]:
+    """The records of one kind ("train", "eval") in a run's metrics.jsonl, in order."""
+    import json
+
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_completion_fields(engine, prompts: Sequence[str], out, n: int, max_new_tokens: int):
+    """What every `RolloutEngine` promises of `generate`'s output: `n` completions per prompt, in
+    order, with the prompt's ids, at most `max_new_tokens` tokens and one logprob and entropy per
+    token (logprobs <= 0)."""
+    assert [len(group) for group in out] == [n] * len(prompts)
+    for prompt, group in zip(prompts, out, strict=True):
+        for c in group:
+            assert c.prompt == prompt and c.prompt_ids == engine.tokenizer.encode(prompt)
+            assert 1 <= len(c.token_ids) <= max_new_tokens
+            assert len(c.logprobs) == len(c.entropies) == len(c.token_ids)
+            assert all(lp <= 0 for lp in c.logprobs)
 
 
 def greedy_gaps(model, prompt_ids: Sequence[int], token_ids: Sequence[int]) -> list[float]:

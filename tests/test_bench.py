@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import bench_smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -138,22 +138,7 @@ def test_scaling_points_double_one_axis_at_a_time():
 
 
 def test_learner_benchmark_smoke_run_writes_its_ratio(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bench_learner.py"),
-            "--smoke",
-            "--threads",
-            "1",
-            "--out-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = bench_smoke("bench_learner.py", tmp_path, timeout=120)
     data = json.loads((tmp_path / "learner.json").read_text())
     tokens = next(f for f in data["figures"] if f["name"] == "learner tokens/s")
     assert tokens["ours"] > 0 and tokens["peer"] > 0 and tokens["ratio"] > 0
@@ -163,15 +148,7 @@ def test_learner_benchmark_smoke_run_writes_its_ratio(tmp_path):
 def test_gpu_benchmark_runs_its_cpu_smoke_mode_and_writes_both_sides(tmp_path):
     """Without CUDA bench_gpu.py runs a tiny shape: omnisched's in-process loop, TRL's
     GRPOTrainer, the engine vs raw generate and the learner's peak share, all with figures."""
-    command = [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--smoke", "--vocab", "char"]
-    proc = subprocess.run(
-        [*command, "--threads", "1", "--out-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    bench_smoke("bench_gpu.py", tmp_path, "--vocab", "char")
     data = json.loads((tmp_path / "gpu.json").read_text())
     assert data["mode"] == "smoke" and data["settings"]["vocabs"] == ["char"]
     figures = {f["name"]: f for f in data["figures"]}
@@ -184,15 +161,7 @@ def test_gpu_benchmark_runs_its_cpu_smoke_mode_and_writes_both_sides(tmp_path):
 
 
 def test_logits_benchmark_smoke_run_agrees_on_the_loss_and_gradients(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_logits.py"), "--smoke", "--threads", "1",
-         "--out-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    bench_smoke("bench_logits.py", tmp_path, timeout=120)
     data = json.loads((tmp_path / "logits.json").read_text())
     whole, chunked = data["details"]["whole"], data["details"]["chunked"]
     for key in ("loss", "grad_norm_hidden", "grad_norm_head", "mean_entropy"):

@@ -7,13 +7,13 @@ Run as a script, this file is one rank of the two-rank test.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from pydantic import ValidationError
 from test_torch_learner import PAD, completion_logprobs, ragged_samples, tiny_model
 from transformers import Qwen2ForCausalLM
@@ -201,9 +201,7 @@ def run_rank(out: Path) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_end_with_identical_all_reduced_weights(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(
         os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
         DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",

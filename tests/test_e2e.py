@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,12 +63,11 @@ def test_bwt_run_end_to_end_with_ray(tmp_path):
     assert state["BWT"] is not None and state["FWT"] is not None
     assert all(p["predicted_final"] for p in state["phases"])
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["kind"] == "train"]
+    train = run_records(run_dir, "train")
     assert [r["step"] for r in train] == list(range(1, 9))
     assert all("reward/mean" in r and "time/step_s" in r for r in train)
     assert any("learner/loss" in r for r in train)
-    evals = [r for r in rows if r["kind"] == "eval"]
+    evals = run_records(run_dir, "eval")
     assert [r["label"] for r in evals] == ["base", "phase-0", "phase-1", "phase-2", "phase-3"]
 
     report = (run_dir / "report.md").read_text()
@@ -155,8 +155,7 @@ def test_bandit_reweights_domains_every_step_inline(tmp_path):
         "schedule.steps_per_phase=4",
         "schedule.prompts_per_step=8",
     )
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["kind"] == "train"]
+    train = run_records(run_dir, "train")
     counts = [[r[f"prompts/{d}"] for d in ("math", "code", "qa", "creative")] for r in train]
     assert all(sum(c) == 8 for c in counts)
     state = json.loads((run_dir / "scheduler_state.json").read_text())
@@ -177,8 +176,7 @@ def test_overlap_trains_each_batch_one_policy_version_behind_inline(tmp_path):
         "schedule.steps_per_phase=4",
         "run.checkpoint_every=0",
     )
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["kind"] == "train"]
+    train = run_records(run_dir, "train")
     assert [r["policy_version/trained"] for r in train] == [0, 1, 2, 3]
     assert [r["policy_version/sampled"] for r in train] == [0, 0, 1, 2]
     assert sum(r["samples_trained"] for r in train) > 0

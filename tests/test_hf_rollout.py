@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import COPY_HELD_OUT, copy_model, random_model
+from conftest import COPY_HELD_OUT, check_completion_fields, copy_model, random_model
 
 from omnisched.config.schema import TinyModelConfig
 from omnisched.model import load_model
@@ -52,16 +52,12 @@ def test_engine_is_registered_and_implements_the_protocol(engines):
 def test_returns_n_completions_per_prompt_with_consistent_fields(engines):
     engine = engines["random"]
     out = engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=7, seed=0))
-    assert [len(group) for group in out] == [3] * len(PROMPTS)
+    check_completion_fields(engine, PROMPTS, out, n=3, max_new_tokens=7)
     eos = engine.tokenizer.eos_token_id
-    for prompt, group in zip(PROMPTS, out, strict=True):
-        for c in group:
-            assert c.prompt == prompt and c.prompt_ids == engine.tokenizer.encode(prompt)
-            assert 1 <= len(c.token_ids) <= 7
-            assert len(c.logprobs) == len(c.entropies) == len(c.token_ids)
-            assert c.finished == (c.token_ids[-1] == eos)
-            assert eos not in c.token_ids[:-1]
-            assert "<eos>" not in c.text
+    for c in (c for group in out for c in group):
+        assert c.finished == (c.token_ids[-1] == eos)
+        assert eos not in c.token_ids[:-1]
+        assert "<eos>" not in c.text
 
 
 @pytest.mark.parametrize("model", ["random", "trained"])

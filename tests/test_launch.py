@@ -5,7 +5,6 @@ import http.server
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from conftest import free_port
 from typer.testing import CliRunner
 
 from omnisched.cli import app
@@ -24,12 +24,6 @@ from omnisched.orchestration import jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes/tiny.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(*args: str):
@@ -56,15 +50,15 @@ def _head(ray: list[str]):
     """Start `ray start --head` (the command `ray`) on free loopback ports; yield its address."""
     temp = tempfile.mkdtemp(prefix="omr-")  # short: Ray's socket paths must stay < 108 chars
     ports = {
-        "port": _free_port(),
-        "dashboard-port": _free_port(),
-        "ray-client-server-port": _free_port(),
-        "dashboard-agent-listen-port": _free_port(),
-        "dashboard-agent-grpc-port": _free_port(),
-        "metrics-export-port": _free_port(),
-        "runtime-env-agent-port": _free_port(),
-        "node-manager-port": _free_port(),
-        "object-manager-port": _free_port(),
+        "port": free_port(),
+        "dashboard-port": free_port(),
+        "ray-client-server-port": free_port(),
+        "dashboard-agent-listen-port": free_port(),
+        "dashboard-agent-grpc-port": free_port(),
+        "metrics-export-port": free_port(),
+        "runtime-env-agent-port": free_port(),
+        "node-manager-port": free_port(),
+        "object-manager-port": free_port(),
     }
     env = {
         k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
@@ -202,7 +196,7 @@ def test_unknown_job_id_is_one_clear_line(ray_head, command):
 
 
 def test_unreachable_cluster_is_one_clear_line():
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     result = _cli("launch", str(TINY), "--address", address)
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
@@ -211,7 +205,7 @@ def test_unreachable_cluster_is_one_clear_line():
 
 
 def test_bad_recipe_fails_before_any_cluster_is_contacted():
-    address = f"http://127.0.0.1:{_free_port()}"  # nothing listens: reaching it would fail
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens: reaching it would fail
     result = _cli("launch", str(TINY), "learner.lrr=1", "--address", address)
     assert result.exit_code == 2
     assert "learner.lrr: unknown field" in result.stderr

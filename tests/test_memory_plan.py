@@ -4,10 +4,11 @@ ZeRO, activation and KV-cache arithmetic by hand, and the paper recipe's verdict
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PAPER_RECIPE as PAPER
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from omnisched.cli import app
@@ -22,9 +23,6 @@ from omnisched.orchestration.memory_plan import (
     recipe_shape,
     shape_from_config,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-PAPER = ROOT / "recipes/omni-thinker-7b.yaml"
 
 
 def test_parameter_counts_match_real_models_built_from_their_config(tmp_path):
@@ -105,16 +103,16 @@ def test_activations_logits_and_kv_cache_by_hand():
 
 
 def test_token_budget_and_logits_chunks_set_the_learner_parts():
-    r = load_recipe(PAPER, ["learner.micro_batch_tokens=2304", "learner.logits_chunk_tokens=512"])
+    r = load_recipe(PAPER, ["learner.micro_batch_tokens=9216", "learner.logits_chunk_tokens=512"])
     shape, _ = recipe_shape(r)
     parts = learner_bytes(r, shape)
     h, q, kv, i = 3584, 3584, 512, 18944
     per_layer = 2 * h + 4 * q + 4 * kv + 2 * h + 8 * i + 8 * h
-    assert parts["activations"] == 2304 * per_layer * 28  # the budget, not size x length
-    assert parts["logits"] == 512 * 152064 * 14  # one chunk (of the budget's 2048 completion)
+    assert parts["activations"] == 9216 * per_layer * 28  # the budget, not size x length
+    assert parts["logits"] == 512 * 152064 * 14  # one chunk (of the budget's 8192 completion)
     plan = memory_plan(r)
-    assert plan.assumed["micro_batch_tokens"] == 2304
-    assert plan.assumed["micro_batch_completion_tokens"] == 2304 * 4096 // (512 + 4096)
+    assert plan.assumed["micro_batch_tokens"] == 9216
+    assert plan.assumed["micro_batch_completion_tokens"] == 9216 * 4096 // (512 + 4096)
 
 
 def test_the_paper_recipe_fits_its_h200s_and_not_80_gb_gpus(tmp_path):

@@ -1,10 +1,11 @@
 """Placement: hand-worked plans for separate and colocated GPUs, fit checks, and the dry run."""
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PAPER_RECIPE as PAPER
+from conftest import TINY_RECIPE as TINY
 from typer.testing import CliRunner
 
 from omnisched.cli import app
@@ -23,10 +24,6 @@ from omnisched.orchestration.placement import (
     unsupported_by_controller,
 )
 from omnisched.orchestration.rollout_pool import engine_options
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "recipes/tiny.yaml"
-PAPER = ROOT / "recipes/omni-thinker-7b.yaml"
 
 
 def _recipe(**sections) -> Recipe:

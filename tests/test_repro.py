@@ -1,11 +1,10 @@
 """The reproduction: equal-compute accounting, arm recipes, gains, the result table and report."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 
 from omnisched.config import load_recipe
 from omnisched.errors import ConfigError
@@ -270,14 +269,7 @@ def test_reproduce_command_quick_end_to_end(tmp_path):
         *(f"model.warm_start.cache_dir={tmp_path / 'cache'}", "--quick", "--out", str(out)),
         *("--arms", "bwt,reverse,bandit,merge-ta,merge-ties"),
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "omnisched.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_python("-m", "omnisched.cli", *args, cwd=tmp_path, timeout=600)
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0]
     assert set(results["table"]) == {
@@ -299,12 +291,6 @@ def test_reproduce_command_quick_end_to_end(tmp_path):
             rec.pop("online_prediction_mae", None)
     (out / "results.json").write_text(json.dumps(results))
     (out / "report.md").unlink()
-    proc = subprocess.run(
-        [sys.executable, "-m", "omnisched.cli", "report", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_python("-m", "omnisched.cli", "report", str(out))
     assert "## Planner's online predictions" in (out / "report.md").read_text()
     assert json.loads((out / "results.json").read_text())["online_prediction_mae"]["bwt"]

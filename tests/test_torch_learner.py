@@ -80,16 +80,26 @@ def test_kl_zero_at_start_then_grows_and_reference_stays_frozen() -> None:
         torch.testing.assert_close(v, ref_before[k], atol=0, rtol=0)
 
 
+def losses_and_gradients(samples, cfgs, step) -> tuple[list[float], list[list[torch.Tensor]]]:
+    """Per config, a fresh tiny learner's loss and parameter gradients after `step(learner,
+    samples)` (`TorchLearner.train_step` or `.compute_gradients`)."""
+    losses, grads = [], []
+    for cfg in cfgs:
+        learner = TorchLearner(tiny_model(), cfg, PAD)
+        losses.append(step(learner, samples)["loss"])
+        grads.append([p.grad.clone() for p in learner.params])
+    return losses, grads
+
+
 @pytest.mark.parametrize("loss_agg", ["token-mean", "sequence-mean", "dr-grpo"])
 def test_micro_batching_gives_the_full_batch_gradient(loss_agg: str) -> None:
     samples = ragged_samples(7)
     samples[2].old_logprobs = [-3.0] * len(samples[2].completion_ids)  # an off-policy sample
-    grads, losses = [], []
-    for micro in (2, 64):
-        cfg = LearnerConfig(micro_batch_size=micro, loss_agg=loss_agg, bf16=False, kl_coef=0.05)
-        learner = TorchLearner(tiny_model(), cfg, PAD)
-        losses.append(learner.train_step(samples)["loss"])
-        grads.append([p.grad.clone() for p in learner.params])
+    cfgs = [
+        LearnerConfig(micro_batch_size=micro, loss_agg=loss_agg, bf16=False, kl_coef=0.05)
+        for micro in (2, 64)
+    ]
+    losses, grads = losses_and_gradients(samples, cfgs, TorchLearner.train_step)
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
@@ -104,12 +114,11 @@ def test_token_budget_micro_batches_give_the_whole_batch_gradient(loss_agg: str)
     samples = ragged_samples(7)
     samples[2].old_logprobs = [-3.0] * len(samples[2].completion_ids)
     assert len(plan_micro_batches(samples, 1, max_tokens=12)) == 6
-    grads, losses = [], []
-    for budget in {"micro_batch_tokens": 12}, {"micro_batch_size": len(samples)}:
-        cfg = LearnerConfig(loss_agg=loss_agg, bf16=False, kl_coef=0.05, **budget)
-        learner = TorchLearner(tiny_model(), cfg, PAD)
-        losses.append(learner.compute_gradients(samples)["loss"])
-        grads.append([p.grad.clone() for p in learner.params])
+    cfgs = [
+        LearnerConfig(loss_agg=loss_agg, bf16=False, kl_coef=0.05, **budget)
+        for budget in ({"micro_batch_tokens": 12}, {"micro_batch_size": len(samples)})
+    ]
+    losses, grads = losses_and_gradients(samples, cfgs, TorchLearner.compute_gradients)
     assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-7)
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)

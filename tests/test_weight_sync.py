@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 
 from omnisched.config.schema import ModelConfig, Recipe, TinyModelConfig, WarmStartConfig
 from omnisched.errors import OmniError
@@ -29,12 +29,6 @@ TINY = TinyModelConfig(
     hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
     max_position_embeddings=64,
 )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 class Sender(threading.Thread):
