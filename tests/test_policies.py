@@ -19,6 +19,9 @@ KINDS = {"math": "structured", "code": "structured", "creative": "open"}
 
 
 def service(policy="bwt", kinds=KINDS, phases=None, **cfg) -> SchedulerService:
+    """A service without probes unless `probe_steps` is given (the default probes)."""
+    if policy == "bwt":
+        cfg.setdefault("probe_steps", 0)
     state = SchedulerState(list(kinds), dict(kinds), policy, phases or len(kinds))
     return SchedulerService(state, ScheduleConfig(policy=policy, steps_per_phase=FULL, **cfg), None)
 
@@ -70,7 +73,7 @@ def drive(svc: SchedulerService, truth: TransferModel) -> tuple[list[Decision], 
 
 
 def test_probes_come_first_and_are_paid_from_the_regular_phases():
-    svc = service(probe_steps=5)
+    svc = service(probe_steps=5, plan_lengths=False)
     assert svc.planned_phases() == 6
     decisions, _ = drive(svc, world())
     probes, regular = decisions[:3], decisions[3:]
@@ -78,6 +81,47 @@ def test_probes_come_first_and_are_paid_from_the_regular_phases():
     assert all(d.probe and d.steps == 5 and "bwt[probe]" in d.reason for d in probes)
     assert [d.steps for d in regular] == [15, 15, 15]  # (3 x 20 - 3 x 5) / 3
     assert sum(d.steps or FULL for d in decisions) == 3 * FULL
+
+
+def test_default_probes_are_a_quarter_phase_while_they_leave_half_the_budget():
+    cfg = ScheduleConfig(steps_per_phase=FULL)  # probe_steps unset
+    state = SchedulerState(list(KINDS), dict(KINDS), "bwt", 3)
+    assert SchedulerService(state, cfg, None).planned_phases() == 6  # 3 probes of 5 steps
+    two = SchedulerState(list(KINDS), dict(KINDS), "bwt", 1)  # 15 of 20 steps: too many
+    svc = SchedulerService(two, cfg, None)
+    assert svc.planned_phases() == 1 and svc.policy.probe_steps(two) == 0
+
+
+def test_planned_lengths_spend_the_budget_late_where_early_gains_are_forgotten():
+    """In a world whose structured skill is fragile (60% of fresh skill lost per phase of
+    other training), later phases get more of the same budget, and the world ends better
+    than with equal phases; every phase keeps at least a quarter phase."""
+    finals = {}
+    for planned in (True, False):
+        decisions, truth = drive(service(probe_steps=5, plan_lengths=planned), world())
+        regular = [d for d in decisions if not d.probe]
+        steps = [d.steps or FULL for d in regular]
+        assert sum(steps) == 3 * FULL - 3 * 5 and min(steps) >= FULL // 4
+        finals[planned] = sum(truth.current.values()) / 3
+        if planned:
+            assert steps[-1] > steps[0] and "beat equal lengths by" in regular[0].reason
+            plan = regular[0].planned_steps  # the whole plan; later decisions re-plan the rest
+            assert len(plan) == 3 and sum(plan) == sum(steps) and plan[0] == steps[0]
+    assert finals[True] > finals[False] + 0.005
+
+
+def test_ramp_lengths_sum_to_the_budget():
+    from omnisched.schedule.planner import ramp_lengths
+
+    assert ramp_lengths(3, 45, 0.0) == [15, 15, 15]
+    assert ramp_lengths(4, 80, 0.5) == [10, 17, 23, 30]  # 0.5 : 0.83 : 1.17 : 1.5
+    assert ramp_lengths(1, 7, 0.75) == [7]
+    assert ramp_lengths(3, 2, 0.0) is None  # a phase would get no step
+    for phases in range(1, 7):
+        for budget in range(phases, 60):
+            for ramp in (-0.5, 0.25, 0.75):
+                lengths = ramp_lengths(phases, budget, ramp)
+                assert lengths is None or (sum(lengths) == budget and min(lengths) >= 1)
 
 
 def test_the_entropy_rule_decides_until_something_is_measured():

@@ -16,7 +16,9 @@ def _ev(acc, ent, items):
 def _bwt_run(tmp_path) -> SchedulerService:
     state = SchedulerState(list(KINDS), KINDS, "bwt", 3, choices={"mc": 4})
     svc = SchedulerService(
-        state, ScheduleConfig(steps_per_phase=10), str(tmp_path / "scheduler_state.json")
+        state,
+        ScheduleConfig(steps_per_phase=10, probe_steps=0),
+        str(tmp_path / "scheduler_state.json"),
     )
     items = {
         "math": [1.0, 0.0, 0.0, 0.0],

@@ -188,11 +188,19 @@ class ScheduleConfig(Strict):
     phases: int | None = Field(None, ge=1, description="number of phases; None = one per domain")
     steps_per_phase: int = Field(20, ge=1)
     prompts_per_step: int = Field(16, ge=1)
-    probe_steps: int = Field(
-        0,
+    probe_steps: int | None = Field(
+        None,
         ge=0,
         description="bwt policy: > 0 runs a short probe phase of this many steps on every domain "
-        "first, to measure transfer before planning (adds len(domains) phases)",
+        "first, to measure transfer and headroom before planning (adds len(domains) phases, "
+        "paid from the step budget); 0: no probes; None: a quarter of steps_per_phase when "
+        "that leaves at least half the budget to the regular phases",
+    )
+    plan_lengths: bool = Field(
+        True,
+        description="bwt policy: the planner also sets each phase's length (the budget of "
+        "phases x steps_per_phase stays fixed) when its model predicts a better profile than "
+        "equal lengths by more than one standard deviation; false keeps equal phases",
     )
 
 
@@ -317,7 +325,7 @@ class Recipe(Strict):
                 "learner.grad_alignment (on for schedule.policy: tac) needs learner.backend: "
                 f"torch, got {self.learner.backend}"
             )
-        if s.probe_steps and s.policy == "bwt":
+        if s.probe_steps and s.policy == "bwt":  # None (auto) always fits
             budget = (s.phases or len(self.domains)) * s.steps_per_phase
             probes = s.probe_steps * len(self.domains)
             if probes >= budget:

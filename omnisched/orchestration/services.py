@@ -80,6 +80,7 @@ class SchedulerService:
                 probe=p.probe,
                 planned_order=p.planned_order,
                 predicted_sd=p.predicted_sd,
+                planned_steps=p.planned_steps,
             )
         decision = self.policy.next_phase(self.state)
         self.state.phases.append(
@@ -93,6 +94,7 @@ class SchedulerService:
                 planned_order=decision.planned_order,
                 mixture=decision.mixture,
                 predicted_sd=decision.predicted_sd,
+                planned_steps=decision.planned_steps,
             )
         )
         self._save()

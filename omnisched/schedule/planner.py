@@ -234,6 +234,45 @@ def advance(model: TransferModel, plan: Plan) -> TransferModel:
     return _replace(model, current=acc, headroom=headroom, fresh=fresh, entropy=entropy)
 
 
+RAMPS = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75)  # length profiles tried by `plan_lengths`
+
+
+def ramp_lengths(phases: int, budget: int, ramp: float) -> list[int] | None:
+    """`phases` phase lengths in steps summing to `budget`, growing linearly across the plan
+    by `ramp` (0: equal; 0.5: the last three times the first; < 0: shrinking); None when
+    rounding leaves a phase without a step."""
+    if phases <= 1:
+        return [budget] if budget >= 1 else None
+    raw = [1.0 + ramp * (2 * i / (phases - 1) - 1) for i in range(phases)]
+    steps = [round(r * budget / sum(raw)) for r in raw[:-1]]
+    steps.append(budget - sum(steps))
+    return steps if min(steps) >= 1 else None
+
+
+def plan_lengths(
+    order: Sequence[str], model: TransferModel, budget: int, unit: int, min_steps: int = 1
+) -> tuple[Plan, Plan]:
+    """(the best plan of `order` over the length profiles RAMPS, the equal-length plan), both
+    spending `budget` steps (`unit` steps = one phase-equivalent), no phase of the best
+    shorter than `min_steps`. Forgetting makes late steps worth more than early ones and
+    saturation makes a long phase worth less per step; the model weighs the two."""
+
+    def plan(lengths: Sequence[int]) -> Plan:
+        return tuple((d, n / unit) for d, n in zip(order, lengths))
+
+    equal = plan(ramp_lengths(len(order), budget, 0.0) or [max(budget, 1)] * len(order))
+    best, value = equal, plan_mean(equal, model)
+    for ramp in RAMPS:
+        lengths = ramp_lengths(len(order), budget, ramp)
+        if ramp == 0.0 or lengths is None or min(lengths) < min_steps:
+            continue
+        candidate = plan(lengths)
+        v = plan_mean(candidate, model)
+        if v > value + 1e-9:
+            best, value = candidate, v
+    return best, equal
+
+
 def _count(n: int, k: int) -> int:
     out = 1
     for i in range(k):

@@ -9,10 +9,12 @@ from omnisched.registry import Registry
 from omnisched.schedule.estimate import fit
 from omnisched.schedule.planner import (
     Estimate,
+    Plan,
     TransferModel,
     as_plan,
     plan_blocks,
     plan_difference,
+    plan_lengths,
     plan_order,
     predict_final,
     predict_spread,
@@ -38,6 +40,7 @@ class Decision:
     probe: bool = False
     planned_order: list[str] | None = None
     predicted_sd: dict[str, float] | None = None  # uncertainty of predicted_final
+    planned_steps: list[int] | None = None  # steps of each phase of planned_order
 
 
 class Policy:
@@ -92,76 +95,109 @@ class BWTPolicy(Policy):
     predicts a better plan by more than OVERRIDE_Z standard deviations of that gain. With
     `schedule.probe_steps > 0`, a short probe phase per domain first measures every row of
     transfer; probes are paid from the run's step budget (phases x steps_per_phase): the
-    regular phases are shortened so that the total stays that budget.
+    regular phases are shortened so that the total stays that budget. With
+    `schedule.plan_lengths` (default), the planner also chooses how that budget is split over
+    the phases left (`planner.plan_lengths`: later phases longer where the measured forgetting
+    makes early gains fade, never under a quarter phase), under the same uncertainty rule.
     """
 
     def extra_phases(self, state: SchedulerState) -> int:
-        return len(state.domains) if self.cfg.probe_steps > 0 else 0
+        return len(state.domains) if self.probe_steps(state) > 0 else 0
 
-    def phase_steps(self, state: SchedulerState, index: int) -> int:
-        """Steps of regular phase `index` (0-based among regular phases): the budget left
-        after probes, split evenly, the remainder to the first phases."""
+    def probe_steps(self, state: SchedulerState) -> int:
+        """`schedule.probe_steps`, or when unset a quarter phase per domain if the probes
+        leave at least half of the budget (phases x steps_per_phase) to the regular phases."""
+        if self.cfg.probe_steps is not None:
+            return self.cfg.probe_steps
         n = self.cfg.steps_per_phase
-        if self.cfg.probe_steps <= 0:
-            return n
-        left = state.total_phases * n - len(state.domains) * self.cfg.probe_steps
-        base, extra = divmod(left, state.total_phases)
-        return max(base + (index < extra), 1)
+        quarter = n // 4
+        return quarter if 2 * quarter * len(state.domains) <= state.total_phases * n else 0
 
     def next_phase(self, state: SchedulerState) -> Decision:
         probe = self._probe(state)
         if probe is not None:
             return probe
+        n = self.cfg.steps_per_phase
         regular = [p for p in state.phases if not p.probe]
-        steps = self.phase_steps(state, len(regular))
-        x = steps / self.cfg.steps_per_phase
         left = max(state.total_phases - len(regular), 1)
-        model = fit(state, self.cfg.steps_per_phase)
+        # the run's budget (phases x steps_per_phase) less every step already run, probes too
+        budget = max(state.total_phases * n - sum(p.steps for p in state.phases), left)
+        x = budget / left / n  # phase-equivalents of each phase left, at equal lengths
+        model = fit(state, n)
         trained = {p.trained[0] for p in regular if len(p.trained) == 1}
         remaining = [d for d in state.domains if d not in trained]
         if not remaining:  # more phases than domains: one more phase where it gains most
-            return self._revisit(state, model, steps, x)
-        measured = bool(state.completed())
+            return self._revisit(state, model, budget // left, n)
+        order, why = self._order(state, model, remaining, left, x)
+        plan, lengths_why = self._lengths(model, order[:left], budget, n)
+        steps = round(plan[0][1] * n)
+        spread = predict_spread(plan, model)
+        mean = Estimate(
+            sum(e.mean for e in spread.values()) / len(spread),
+            sum(e.var for e in spread.values()) / len(spread) ** 2,
+        )
+        reason = (
+            f"{why}; order {order}{lengths_why}; predicted mean final "
+            f"{mean.mean:.3f} +- {mean.sd:.3f}"
+        )
+        return Decision(
+            [order[0]],
+            reason,
+            predicted_final={d: e.mean for d, e in spread.items()},
+            steps=steps if steps != n else None,
+            planned_order=order,
+            predicted_sd={d: e.sd for d, e in spread.items()},
+            planned_steps=[round(xi * n) for _, xi in plan],
+        )
+
+    def _order(
+        self,
+        state: SchedulerState,
+        model: TransferModel,
+        remaining: list[str],
+        left: int,
+        x: float,
+    ) -> tuple[list[str], str]:
+        """The order of the remaining domains (at equal lengths) and the rule that decided."""
         rank = prior_rank(state)
         best, _ = plan_order(remaining, model, rank, left, x)
         structured = [d for d in remaining if state.kinds.get(d) != "open"]
         open_ = [d for d in remaining if state.kinds.get(d) == "open"]
         ruled, _ = plan_blocks([structured, open_], model, rank, left, x)
+        if not state.completed():
+            return ruled, "bwt[entropy rule]: nothing measured yet, structured first"
+        if best == ruled:
+            return best, "bwt[transfer agrees with the entropy rule]"
         gap = plan_difference(as_plan(best, x), as_plan(ruled, x), model)
-        if not measured:
-            order, why = ruled, "bwt[entropy rule]: nothing measured yet, structured first"
-        elif best == ruled:
-            order, why = best, "bwt[transfer agrees with the entropy rule]"
-        elif gap.mean > OVERRIDE_Z * gap.sd:
-            order = best
-            why = (
+        if gap.mean > OVERRIDE_Z * gap.sd:
+            return best, (
                 f"bwt[transfer overrides entropy rule]: beats structured-first order {ruled} "
                 f"by {_pts(gap)}"
             )
-        else:
-            order = ruled
-            why = (
-                f"bwt[entropy rule]: transfer's best order {best} wins by only {_pts(gap)}, "
-                "within its uncertainty"
-            )
-        spread = predict_spread(as_plan(order, x), model)
-        mean = Estimate(
-            sum(e.mean for e in spread.values()) / len(spread),
-            sum(e.var for e in spread.values()) / len(spread) ** 2,
+        return ruled, (
+            f"bwt[entropy rule]: transfer's best order {best} wins by only {_pts(gap)}, "
+            "within its uncertainty"
         )
-        reason = f"{why}; order {order} predicted mean final {mean.mean:.3f} +- {mean.sd:.3f}"
-        return Decision(
-            [order[0]],
-            reason,
-            predicted_final={d: e.mean for d, e in spread.items()},
-            steps=steps if steps != self.cfg.steps_per_phase else None,
-            planned_order=order,
-            predicted_sd={d: e.sd for d, e in spread.items()},
-        )
+
+    def _lengths(
+        self, model: TransferModel, order: list[str], budget: int, n: int
+    ) -> tuple[Plan, str]:
+        """The phase lengths of `order` (steps summing to `budget`): equal, unless
+        `schedule.plan_lengths` is on and the model predicts another profile (later phases
+        longer where forgetting eats early gains) better by more than OVERRIDE_Z sd."""
+        best, equal = plan_lengths(order, model, budget, n, min_steps=max(1, n // 4))
+        if not self.cfg.plan_lengths or best == equal:
+            return equal, ""
+        gap = plan_difference(best, equal, model)
+        lengths = [round(xi * n) for _, xi in best]
+        if gap.mean > OVERRIDE_Z * gap.sd:
+            return best, f", steps {lengths} (beat equal lengths by {_pts(gap)})"
+        return equal, f", equal lengths (steps {lengths} win by only {_pts(gap)})"
 
     def _probe(self, state: SchedulerState) -> Decision | None:
         """The next short probe phase, while some domain has not been probed yet."""
-        if self.cfg.probe_steps <= 0:
+        steps = self.probe_steps(state)
+        if steps <= 0:
             return None
         probed = {p.trained[0] for p in state.phases if p.probe}
         rank = prior_rank(state)
@@ -170,21 +206,21 @@ class BWTPolicy(Policy):
             return None
         reason = (
             f"bwt[probe]: probe {len(probed) + 1}/{len(state.domains)} on '{todo[0]}' "
-            f"({self.cfg.probe_steps} steps, paid from the regular phases) to measure its "
-            "transfer"
+            f"({steps} steps, paid from the regular phases) to measure its transfer and headroom"
         )
-        return Decision([todo[0]], reason, steps=self.cfg.probe_steps, probe=True)
+        return Decision([todo[0]], reason, steps=steps, probe=True)
 
     def _revisit(
-        self, state: SchedulerState, model: TransferModel, steps: int, x: float
+        self, state: SchedulerState, model: TransferModel, steps: int, n: int
     ) -> Decision:
+        x = steps / n
         gains = {d: predict_final([(d, x)], model)[d] - model.current[d] for d in state.domains}
         d = max(gains, key=lambda k: gains[k])
         reason = (
             f"bwt[revisit]: every domain trained once; '{d}' is predicted to gain most "
             f"({gains[d]:+.3f})"
         )
-        return Decision([d], reason, steps=steps if steps != self.cfg.steps_per_phase else None)
+        return Decision([d], reason, steps=steps if steps != n else None)
 
 
 def prior_rank(state: SchedulerState) -> dict[str, float]:

@@ -39,6 +39,7 @@ class PhaseRecord:
     mixture: dict[str, float] | None = None  # latest per-step sampling weights (online policies)
     exposure: dict[str, float] = field(default_factory=dict)  # step-equivalents per domain
     predicted_sd: dict[str, float] | None = None  # uncertainty of predicted_final
+    planned_steps: list[int] | None = None  # steps of each phase of planned_order
 
 
 @dataclass

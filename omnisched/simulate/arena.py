@@ -54,8 +54,9 @@ class Arm:
 
 
 DEFAULT_ARMS = (
-    Arm("bwt", "bwt"),
-    Arm("bwt+probes", "bwt", {"probe_steps": 5}),  # 5 of 20 steps: best on development worlds
+    Arm("bwt", "bwt"),  # the defaults: a quarter-phase probe per domain, planned lengths
+    Arm("bwt-no-probes", "bwt", {"probe_steps": 0}),
+    Arm("bwt-equal-lengths", "bwt", {"plan_lengths": False}),
     Arm("structured-first", "sequential"),  # Omni-Thinker v1's fixed order
     Arm("bandit", "bandit"),
     Arm("learnability", "learnability"),

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from omnisched.errors import ConfigError
 from omnisched.simulate.arena import DEFAULT_ARMS, Arm, Outcome, Summary, fmt, play, summarise
 
-PHASED = ("bwt", "bwt+probes", "structured-first")  # single-domain phases: vs a random order
+# single-domain phases: judged against a random order
+PHASED = ("bwt", "bwt-no-probes", "bwt-equal-lengths", "structured-first")
 ONLINE = ("bandit", "tac", "learnability")  # mixtures: vs the uniform mixture
 
 
