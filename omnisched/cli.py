@@ -65,7 +65,6 @@ def run(
         if recipe is None:
             raise OmniError("give a RECIPE (e.g. recipes/tiny.yaml) or --resume RUN_DIR")
         cfg = load_recipe(recipe, overrides or [])
-        check_runnable(cfg)  # what `run` would refuse: refused here, the same words, by both
         if dry_run:
             import yaml
 
@@ -73,9 +72,11 @@ def run(
 
             typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
             plan_text, misfits = placement_report(cfg)
-            typer.echo(plan_text)
+            typer.echo(plan_text)  # the plan first: it helps most when something is refused
             if misfits:
                 raise OmniError(f"placement does not fit placement.nodes: {'; '.join(misfits)}")
+        check_runnable(cfg)  # what `run` would refuse: refused here, the same words, by both
+        if dry_run:
             return
         run_dir = cfg.run.output_dir / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         report = _train(cfg, run_dir, quiet)

@@ -1,14 +1,20 @@
 """Everything `omnisched run` would refuse for a recipe, checked before anything is created or
 started, and by `--dry-run` with the same words: plugin names and options (`check_plugins`,
-also part of loading a recipe), the placements the controller cannot start, and every domain's
-data (files exist and parse) (`check_runnable`). Each problem is one line naming the field."""
+also part of loading a recipe), the placements the controller cannot start, every domain's data
+(files exist and parse), `model.path` and LoRA's target modules (`check_runnable`). Each problem
+is one line naming the field."""
 
 from __future__ import annotations
 
 import inspect
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
+from omnisched.config.lora import ALL_LINEAR
 from omnisched.config.schema import Recipe
 from omnisched.errors import ConfigError, OmniError
+from omnisched.model.cache import given_folder
 
 NOT_OPTIONS = {"completions", "prompts"}  # what every verifier receives, never from a recipe
 
@@ -101,7 +107,8 @@ def _check_verifier_options(fn, name: str, options: dict, where: str) -> None:
 
 def check_runnable(recipe: Recipe) -> None:
     """What `run` refuses beyond the recipe's own validity: placements the controller cannot
-    start yet, and domain data that is missing or does not parse. OmniError, one line."""
+    start yet, domain data that is missing or does not parse, a `model.path` that is no HF
+    folder, LoRA targets that match no module of the model. OmniError, one line."""
     from omnisched.domains import ChatTemplate, build_domain
     from omnisched.orchestration.placement import unsupported_by_controller
 
@@ -111,3 +118,26 @@ def check_runnable(recipe: Recipe) -> None:
     chat = ChatTemplate.of(recipe.model)  # conversational rows are rendered as `run` would
     for cfg in recipe.domains:
         build_domain(cfg, recipe.data_seed, chat)  # DataError / ConfigError name the file
+    given_folder(recipe.model)  # DataError naming model.path
+    problem = lora_target_problem(recipe)
+    if problem:
+        raise ConfigError(problem)
+
+
+def lora_target_problem(recipe: Recipe) -> str | None:
+    """`check_targets`' words on `learner.lora.target_modules` and the model RL starts from
+    (`model.path`, or the tiny model: the warm start does not change its modules), None when all
+    match. Module names need torch, which the driver never imports: a child process builds the
+    model on the meta device (no weights), a few seconds, only where targets are named."""
+    if recipe.learner.lora is None or recipe.learner.lora.target_modules == ALL_LINEAR:
+        return None
+    model = given_folder(recipe.model) or recipe.model.tiny
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(_lora_target_problem, model, recipe.learner.lora).result()
+
+
+def _lora_target_problem(model: Any, lora: Any) -> str | None:
+    """The child's side of `lora_target_problem` (torch loads there)."""
+    from omnisched.learner.lora import target_problem
+
+    return target_problem(model, lora)

@@ -26,9 +26,8 @@ from omnisched.learner.base import ScoredGroup
 from omnisched.learner.lora import target_problem
 from omnisched.model import build_char_tokenizer, build_tiny_model
 from omnisched.model.build import save_model
-from omnisched.orchestration.backend import InlineBackend
-from omnisched.orchestration.sft import check_lora_targets
 from omnisched.orchestration.workers import LearnerWorker
+from omnisched.preflight import check_runnable, lora_target_problem
 from omnisched.rollout import HFEngine, SamplingParams
 
 torch.set_num_threads(2)
@@ -146,11 +145,23 @@ def test_bad_lora_input_is_one_line_naming_the_field(base_dir):
     assert msg.startswith("learner.lora.target_modules: ['qkv_proj'] match no module")
     assert "q_proj, up_proj, v_proj" in msg and "\n" not in msg
     assert target_problem(base_dir, LoraConfig(target_modules=r".*\.(q|v)_proj")) is None
-    # a run checks in the driver, before any learner starts (a task builds a meta-device model)
-    run = load_recipe(recipe, ["learner.lora.target_modules=attn\\.c_attn"])
+    assert target_problem(TINY, LoraConfig(target_modules=["q_proj", "mlp.down_proj"])) is None
+
+
+def test_run_and_dry_run_check_lora_targets_before_anything_starts(base_dir):
+    """`check_runnable` (both `run` and `--dry-run`) builds the model of `model.path`, or the tiny
+    model of `model.tiny`, on the meta device in a child process: the driver imports no torch."""
+    recipe = ROOT / "recipes/tiny.yaml"
+    folder = load_recipe(
+        recipe, ["learner.lora.target_modules=attn\\.c_attn", f"model.path={base_dir}"]
+    )
     with pytest.raises(ConfigError, match=r"^learner.lora.target_modules: \['attn\\\\.c_attn'\]"):
-        check_lora_targets(run, InlineBackend(), base_dir)
-    assert check_lora_targets(load_recipe(recipe, ["learner.lora={}"]), InlineBackend(), base_dir)
+        check_runnable(folder)
+    tiny = load_recipe(recipe, ["learner.lora.target_modules=[q_proj, qkv_proj]"])
+    problem = lora_target_problem(tiny)
+    assert problem.startswith("learner.lora.target_modules: ['qkv_proj'] match no module")
+    assert lora_target_problem(load_recipe(recipe, ["learner.lora={}"])) is None  # all-linear
+    assert lora_target_problem(load_recipe(recipe)) is None  # no LoRA
 
 
 @pytest.mark.slow

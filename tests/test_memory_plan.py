@@ -115,10 +115,29 @@ def test_token_budget_and_logits_chunks_set_the_learner_parts():
     assert plan.assumed["micro_batch_completion_tokens"] == 9216 * 4096 // (512 + 4096)
 
 
+def _config_only_folder(path, name: str) -> str:
+    """A model folder holding only `name`'s published config.json: what `run` asks of
+    `model.path` before it starts, and all the dry run's memory plan reads."""
+    h, layers, heads, kv, inter, vocab, tied = SHAPES[name]
+    config = {
+        "model_type": "qwen2", "hidden_size": h, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "intermediate_size": inter,
+        "vocab_size": vocab, "tie_word_embeddings": tied, "max_position_embeddings": 32768,
+    }  # fmt: skip
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
 def test_the_paper_recipe_fits_its_h200s_and_not_80_gb_gpus(tmp_path):
     from test_colocation import _paper_overrides
 
-    overrides = _paper_overrides(tmp_path, "/models/Qwen2.5-7B-Instruct")
+    placeholder = _paper_overrides(tmp_path, "/models/Qwen2.5-7B-Instruct")
+    refused = CliRunner().invoke(app, ["run", str(PAPER), *placeholder, "--dry-run"])
+    assert refused.exit_code == 2  # as `run` would: no model there
+    assert "model.path /models/Qwen2.5-7B-Instruct is not an HF model folder" in refused.output
+    model = _config_only_folder(tmp_path / "qwen2.5-7b", "qwen2.5-7b")
+    overrides = _paper_overrides(tmp_path, model)
     fits = CliRunner().invoke(app, ["run", str(PAPER), *overrides, "--dry-run"])
     assert fits.exit_code == 0, fits.output
     _, plan = list(yaml.safe_load_all(fits.stdout))

@@ -9,6 +9,8 @@ from pydantic import Field, model_validator
 
 from omnisched.config.strict import Strict
 
+COMPILE_NEEDS_MASK = "rollout.hf.compile: true needs rollout.hf.decode: mask or auto"
+
 
 class DynamicSamplingConfig(Strict):
     """DAPO's dynamic sampling: groups whose rewards all tie carry no signal; draw more prompts
@@ -36,3 +38,9 @@ class HFEngineConfig(Strict):
     compile: bool = Field(
         False, description="torch.compile the masked decode step (CUDA graphs on CUDA)"
     )
+
+    @model_validator(mode="after")
+    def _compile_needs_mask(self) -> HFEngineConfig:
+        if self.compile and self.decode == "drop":
+            raise ValueError(COMPILE_NEEDS_MASK)
+        return self

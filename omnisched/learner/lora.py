@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from omnisched.config.lora import ALL_LINEAR, LoraConfig
-from omnisched.config.schema import LearnerConfig
+from omnisched.config.schema import LearnerConfig, TinyModelConfig
 from omnisched.errors import ConfigError, OmniError
 from omnisched.learner.step import frozen_reference
 
@@ -67,18 +67,31 @@ def check_targets(model: nn.Module, cfg: LoraConfig) -> None:
         )
 
 
-def target_problem(model_path: str, cfg: LoraConfig) -> str | None:
-    """What `check_targets` says of the model in `model_path` (built on the meta device: no
-    weights are read), or None when every target matches."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+def target_problem(model: str | Path | TinyModelConfig, cfg: LoraConfig) -> str | None:
+    """What `check_targets` says of the model in folder `model`, or of the tiny model `model`
+    configures (built on the meta device: no weights are read or made), or None when every
+    target matches."""
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+        tree = _module_tree(model)
     try:
-        check_targets(model, cfg)
+        check_targets(tree, cfg)
     except ConfigError as exc:
         return str(exc)
     return None
+
+
+def _module_tree(model: str | Path | TinyModelConfig) -> nn.Module:
+    """The model whose module names LoRA targets: an HF folder's, or the tiny model's (whose
+    names do not depend on its tokenizer: the char one stands in for either)."""
+    if isinstance(model, TinyModelConfig):
+        from omnisched.model.build import build_tiny_model
+        from omnisched.model.tokenizer import build_char_tokenizer
+
+        with torch.random.fork_rng(devices=[]):  # it seeds torch: the caller's RNG stays
+            return build_tiny_model(model, build_char_tokenizer(), seed=0)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model)))
 
 
 def attach(model: nn.Module, cfg: LoraConfig) -> PeftModel:

@@ -42,13 +42,22 @@ def cache_key(model_cfg: ModelConfig, demos: Sequence[Demo], seed: int) -> str:
     return h.hexdigest()[:20]
 
 
+def given_folder(model_cfg: ModelConfig) -> Path | None:
+    """`model.path`, which must be an HF folder (checked before a run starts, and here for
+    callers that skip that check); None for the tiny model."""
+    if model_cfg.path is None:
+        return None
+    path = Path(model_cfg.path).expanduser()
+    if not (path / "config.json").is_file():
+        raise DataError(f"model.path {path} is not an HF model folder (no config.json)")
+    return path
+
+
 def resolve(model_cfg: ModelConfig, demos: Sequence[Demo], seed: int) -> tuple[Path, bool]:
-    """(model folder, whether it is ready). `model.path` is returned as is and must be an HF
-    folder; otherwise the tiny model's cache folder, ready when an earlier run wrote it."""
-    if model_cfg.path is not None:
-        path = Path(model_cfg.path).expanduser()
-        if not (path / "config.json").is_file():
-            raise DataError(f"model.path {path} is not an HF model folder (no config.json)")
+    """(model folder, whether it is ready): `model.path` as `given_folder` returns it, else the
+    tiny model's cache folder, ready when an earlier run wrote it."""
+    path = given_folder(model_cfg)
+    if path is not None:
         return path, True
     cache = Path(model_cfg.warm_start.cache_dir).expanduser()
     target = cache / f"tiny-{cache_key(model_cfg, demos, seed)}"

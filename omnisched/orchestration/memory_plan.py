@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from omnisched.config.schema import Recipe
-from omnisched.orchestration.placement import gpu_memory_utilization, sleep_level
+from omnisched.orchestration.engine_plan import gpu_memory_utilization, sleep_level
 
 GIB = float(1 << 30)
 ASSUMED_PROMPT_TOKENS = 512  # prompts are data: the plan assumes this many tokens per prompt

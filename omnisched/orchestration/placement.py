@@ -14,6 +14,12 @@ from typing import Any
 import yaml
 
 from omnisched.config.schema import Recipe
+from omnisched.orchestration.engine_plan import (  # noqa: F401 (rollout_pool imports two here)
+    gpu_memory_utilization,
+    overlap_problems,
+    sleep_level,
+)
+from omnisched.orchestration.memory_plan import memory_plan, recipe_shape, render_plan
 
 log = logging.getLogger(__name__)
 REWARD_WORKER_CPUS = 0.5  # what the controller reserves per reward worker
@@ -146,8 +152,6 @@ def unsupported_by_controller(recipe: Recipe) -> list[str]:
         )
     if pl.colocate:
         problems += _colocation_problems(recipe)
-    from omnisched.orchestration.pipeline import overlap_problems
-
     return problems + overlap_problems(recipe)
 
 
@@ -170,18 +174,6 @@ def _colocation_problems(recipe: Recipe) -> list[str]:
             "on one GPU; colocated engines take rollout.weight_sync: object_store"
         )
     return problems
-
-
-def sleep_level(recipe: Recipe) -> int:
-    """`rollout.sleep_level`, its default resolved: 1 where engines share GPUs, else 0."""
-    level = recipe.rollout.sleep_level
-    return (1 if recipe.placement.colocate else 0) if level is None else level
-
-
-def gpu_memory_utilization(recipe: Recipe) -> float:
-    """vLLM's share of each GPU: the recipe's, else 0.9 alone and 0.4 beside a learner rank."""
-    share = recipe.rollout.gpu_memory_utilization
-    return (0.4 if recipe.placement.colocate else 0.9) if share is None else share
 
 
 @dataclass(frozen=True)
@@ -314,8 +306,6 @@ def placement_report(recipe: Recipe) -> tuple[str, list[str]]:
     """What `omnisched run --dry-run` prints after the config: a second YAML document holding
     the plan (headed by `render` as comments) and, when the recipe describes its cluster
     (`placement.nodes`), whether it fits; also the problems, so the caller can fail on them."""
-    from omnisched.orchestration.memory_plan import memory_plan, recipe_shape, render_plan
-
     plan = plan_placement(recipe)
     cluster = cluster_of(recipe)
     problems = check_fit(plan, cluster) if cluster is not None else []

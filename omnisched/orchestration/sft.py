@@ -16,7 +16,6 @@ from typing import Any
 
 from omnisched.config.schema import Recipe
 from omnisched.domains import Domain
-from omnisched.errors import ConfigError
 from omnisched.model import cache as model_cache
 from omnisched.orchestration.backend import Backend
 from omnisched.orchestration.workers import release_freed_memory
@@ -48,7 +47,7 @@ def warm_start(
     demos = demonstrations(recipe, domains)
     target, ready = model_cache.resolve(recipe.model, demos, recipe.data_seed)
     if ready:
-        return check_lora_targets(recipe, backend, str(target))
+        return str(target)
     progress("warm_start", {"examples": len(demos)})
     log_path = Path(run_dir) / "warm_start_progress.jsonl"
     log_path.unlink(missing_ok=True)
@@ -67,7 +66,7 @@ def warm_start(
         if finished:
             path = backend.gather([future])[0]
             release_freed_memory()  # inline: the SFT model and optimizer are garbage now
-            return check_lora_targets(recipe, backend, path)
+            return path
 
 
 def train_in_worker(
@@ -78,21 +77,3 @@ def train_in_worker(
     from omnisched.model.warm_start import warm_start_task
 
     return warm_start_task(model_cfg, demos, seed, threads, progress_path)
-
-
-def check_lora_targets(recipe: Recipe, backend: Backend, path: str) -> str:
-    """`path`, once `learner.lora.target_modules` is known to match modules of its model: the
-    one-line error otherwise, here in the driver and before any learner starts."""
-    if recipe.learner.lora is None:
-        return path
-    problem = backend.gather([backend.submit(lora_problem_in_worker, path, recipe.learner.lora)])
-    if problem[0]:
-        raise ConfigError(problem[0])
-    return path
-
-
-def lora_problem_in_worker(model_path: str, lora_cfg: Any) -> str | None:
-    """Entry point of the check's task (torch loads in the worker, as for `train_in_worker`)."""
-    from omnisched.learner.lora import target_problem
-
-    return target_problem(model_path, lora_cfg)

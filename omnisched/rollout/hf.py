@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, StaticCache
 
+from omnisched.config.rollout_options import COMPILE_NEEDS_MASK
 from omnisched.errors import OmniError
 from omnisched.model.build import cpu_attention, load_model, stop_token_ids
 from omnisched.rollout import weight_sync
@@ -251,7 +252,7 @@ def resolve_decode(decode: str, device: torch.device, compile: bool) -> str:
     if decode not in DECODES:
         raise OmniError(f"rollout.hf.decode: unknown '{decode}'; known: {', '.join(DECODES)}")
     if compile and decode == "drop":
-        raise OmniError("rollout.hf.compile: true needs rollout.hf.decode: mask or auto")
+        raise OmniError(COMPILE_NEEDS_MASK)  # a recipe is refused at load with these words
     if decode == "auto":
         return "mask" if device.type == "cuda" or compile else "drop"
     return decode
