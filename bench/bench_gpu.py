@@ -17,8 +17,14 @@ tokenizer padded with filler tokens to Qwen2.5's vocabulary, 494M). Per vocabula
   samples/s and generated tokens/s after `--warmup` steps.
 - rollout: `HFEngine.generate` vs raw `model.generate(top_k=0)` at P x G rows (512).
 - learner: its completion tokens/s and 6N x (prompt + completion) tokens/s over the measured
-  bf16 matmul peak of the device.
-Writes bench/results/gpu.json. Without CUDA (or with --smoke) it runs a tiny shape for a couple
+  bf16 matmul peak of the device; with `--deepspeed` (DeepSpeed installed), the same loop with
+  the DeepSpeed ZeRO-2 learner (one rank), its learner tokens/s against the torch learner's.
+- memory: the process's peak allocated GPU memory during our loop, beside what
+  `omnisched.orchestration.memory_plan` plans for the learner step plus the engine's bf16
+  weights (the first plan-vs-measured comparison a GPU run gives).
+Writes `--out-dir`/gpu.json (default bench/results) after every vocabulary, so a run cut short
+keeps what it measured; `bench/gpu_device.sh` is the one script for the lent machine.
+Without CUDA (or with --smoke) it runs a tiny shape for a couple
 of steps: a check that everything runs, not a measurement. GPU figures need a GPU; the lent
 machine lacks pydantic, trl and datasets: see bench/README.md for the wheelhouse.
 """
@@ -62,6 +68,7 @@ def settings(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
         "repeats": 1 if smoke else 3,
         "lr": 1e-6,
         "compile": args.compile,
+        "deepspeed": args.deepspeed,
         "dtype": "bfloat16",
         "threads": args.threads,
     }
@@ -115,8 +122,13 @@ def prompt_rows(s: dict[str, Any], chars_per_token: int, count: int) -> list[dic
     ]  # fmt: skip
 
 
-def ours(folder: Path, s: dict[str, Any], rows: list[dict], workdir: Path) -> dict[str, Any]:
-    """omnisched's loop in this process on the model folder; steady-state rates."""
+def ours(
+    folder: Path, s: dict[str, Any], rows: list[dict], workdir: Path, learner: str = "torch"
+) -> dict[str, Any]:
+    """omnisched's loop in this process on the model folder (`learner`: torch or deepspeed);
+    steady-state rates, peak GPU memory and what the memory plan says for it."""
+    import torch
+
     from omnisched.config import validate_recipe
     from omnisched.orchestration.backend import InlineBackend
     from omnisched.orchestration.controller import Controller
@@ -135,8 +147,9 @@ def ours(folder: Path, s: dict[str, Any], rows: list[dict], workdir: Path) -> di
                          "reward": [{"verifier": "length"}]}],
             "rollout": {"group_size": s["n"], "max_new_tokens": s["new_tokens"],
                         "hf": {"compile": s["compile"]}},
-            "learner": {"lr": s["lr"], "bf16": True, "micro_batch_size": s["micro_batch"],
-                        "kl_coef": 0.0, "loss_agg": "token-mean"},
+            "learner": {"backend": learner, "lr": s["lr"], "bf16": True,
+                        "micro_batch_size": s["micro_batch"], "kl_coef": 0.0,
+                        "loss_agg": "token-mean"},
             "schedule": {"policy": "sequential", "steps_per_phase": s["warmup"] + s["steps"],
                          "prompts_per_step": s["prompts"]},
             "eval": {"samples": 1},
@@ -144,14 +157,31 @@ def ours(folder: Path, s: dict[str, Any], rows: list[dict], workdir: Path) -> di
         },
         source="bench_gpu recipe",
     )  # fmt: skip
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     Controller(recipe, workdir / "run").run(InlineBackend())
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     rows_ = train_rows(workdir / "run")
     stats = steady_stats(rows_, s["warmup"], s["prompts"] * s["n"])
     kept = rows_[s["warmup"] :]
     stats["sync_s"] = sum(r.get("time/sync_s", 0.0) for r in kept) / len(kept)
     stats["learner_tokens_per_s"] = sum(r["learner/tokens_per_s"] for r in kept) / len(kept)
-    return {**stats, "run_wall_s": time.perf_counter() - start}
+    return {**stats, "run_wall_s": time.perf_counter() - start, "peak_gpu_gib": peak,
+            "planned_gib": planned_gib(recipe, folder)}  # fmt: skip
+
+
+def planned_gib(recipe: Any, folder: Path) -> dict[str, float]:
+    """The memory plan's learner step (weights, gradients, optimizer, reference, activations,
+    logits) for this recipe, plus the engine's bf16 weights, which this process also holds."""
+    from omnisched.orchestration.memory_plan import learner_bytes, shape_from_config
+
+    shape = shape_from_config(json.loads((folder / "config.json").read_text()))
+    parts = {k: v / 2**30 for k, v in learner_bytes(recipe, shape).items()}
+    parts["engine_weights"] = 2 * shape.params / 2**30
+    parts["total"] = sum(parts.values())
+    return parts
 
 
 def trl_side(folder: Path, s: dict[str, Any], rows: list[dict], workdir: Path) -> dict[str, Any]:
@@ -230,6 +260,8 @@ def one_vocab(vocab: str, s: dict[str, Any], peak: float, tmp: Path) -> dict[str
     out: dict[str, Any] = {"vocab_size": config.vocab_size, "chars_per_token": chars}
     out["omnisched"] = ours(folder, s, rows, tmp / f"ours-{vocab}")
     out["trl"] = trl_side(folder, s, rows, tmp / f"trl-{vocab}")
+    if s["deepspeed"]:
+        out["deepspeed"] = ours(folder, s, rows, tmp / f"ds-{vocab}", learner="deepspeed")
     rollout = {"prompts": s["prompts"], "n": s["n"], "new_tokens": s["new_tokens"]}
     engine, raw = hf_sides(folder, {**rollout, "dtype": s["dtype"], "threads": s["threads"]},
                            compile=s["compile"])  # fmt: skip
@@ -246,7 +278,7 @@ def one_vocab(vocab: str, s: dict[str, Any], peak: float, tmp: Path) -> dict[str
 def figures(vocab: str, d: dict[str, Any]) -> list[Figure]:
     o, t, r = d["omnisched"], d["trl"], d["rollout"]
     lengths = f"completion length {o['completion_len']:.1f} vs TRL {t['completion_len']:.1f}"
-    return [
+    out = [
         Figure(f"[{vocab}] e2e samples/s", o["samples_per_s"], "samples/s", t["samples_per_s"],
                "TRL GRPOTrainer", 2.0, note=lengths),
         Figure(f"[{vocab}] e2e tokens/s", o["tokens_per_s"], "tokens/s", t["tokens_per_s"],
@@ -256,6 +288,16 @@ def figures(vocab: str, d: dict[str, Any]) -> list[Figure]:
         Figure(f"[{vocab}] learner share of bf16 peak", d["learner"]["peak_fraction"], "fraction",
                target=0.25, note=f"{d['learner']['tokens_per_s']:.0f} completion tokens/s"),
     ]  # fmt: skip
+    if o["peak_gpu_gib"] is not None:
+        out.append(Figure(f"[{vocab}] peak GPU memory, our loop", o["peak_gpu_gib"], "GiB",
+                          o["planned_gib"]["total"], "memory plan (learner step + engine weights)",
+                          higher_is_better=False))  # fmt: skip
+    if "deepspeed" in d:
+        ds = d["deepspeed"]
+        out.append(Figure(f"[{vocab}] DeepSpeed ZeRO-2 learner tokens/s",
+                          ds["learner_tokens_per_s"], "tokens/s", o["learner_tokens_per_s"],
+                          "torch learner", 0.9))  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -263,6 +305,7 @@ def main() -> None:
     add_common_args(parser)
     parser.add_argument("--vocab", help="comma-separated: char and/or a vocabulary size")
     parser.add_argument("--compile", action="store_true", help="rollout.hf.compile: true")
+    parser.add_argument("--deepspeed", action="store_true", help="also the DeepSpeed learner")
     for flag in ("--prompts", "--n", "--new-tokens", "--warmup", "--steps", "--micro-batch"):
         parser.add_argument(flag, type=int, default=None)
     args = parser.parse_args()
@@ -282,7 +325,7 @@ def main() -> None:
         for vocab in s["vocabs"]:
             details[vocab] = one_vocab(vocab, s, peak, Path(tmp))
             figs += figures(vocab, details[vocab])
-    write_result("gpu", args, figs, details, settings={**s, "device": device})
+            write_result("gpu", args, figs, details, settings={**s, "device": device})
 
 
 if __name__ == "__main__":
