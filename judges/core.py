@@ -38,7 +38,7 @@ COUNTERS = (
     "http_errors",
     "parse_failures",
     "fallbacks",
-    "rate_wait_ms",  # time requests waited for the request / token rate limits
+    "rate_wait_ms",  # time waited for the request / token rate limits and a server's Retry-After
 )
 
 

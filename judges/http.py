@@ -4,7 +4,10 @@ Requests run concurrently on asyncio, at most `concurrency` in flight, and, when
 `requests_per_minute` and `tokens_per_minute` (prompt characters / 4 + `max_tokens`, the
 budget a provider counts against), smoothed: a request waits for its share (`rate_wait_ms`
 counts the waiting). Each has a timeout and is retried with exponential backoff (with jitter,
-honouring `Retry-After`) on connection errors, timeouts, 429 and 5xx; other 4xx are final. A
+capped at `max_backoff`) on connection errors, timeouts, 429 and 5xx; other 4xx are final. A
+server's `Retry-After` (seconds or an HTTP date) is honoured instead, up to `max_retry_after`,
+and that wait counts in `rate_wait_ms` too (the server's rate limit). Limits, buckets and
+counters belong to one judge instance: each reward worker builds its own per domain. A
 request that still fails, or a reply without a valid verdict, gets the fallback verdict (see
 `judges.core`), never an exception: a judge outage degrades the reward, it does not stop the
 run. The counters say how much.
@@ -14,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
+import email.utils
 import os
 import random
+import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -64,6 +70,7 @@ class HttpJudge:
         retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
+        max_retry_after: float = 120.0,
         max_tokens: int = 256,
         temperature: float = 0.0,
         fallback: Fallback = "neutral",
@@ -79,6 +86,8 @@ class HttpJudge:
         for name, value in (("requests", requests_per_minute), ("tokens", tokens_per_minute)):
             if value is not None and value <= 0:
                 raise ValueError(f"http judge: {name}_per_minute must be > 0, got {value}")
+        if max_retry_after < 0:
+            raise ValueError(f"http judge: max_retry_after must be >= 0, got {max_retry_after}")
         self.limits = (requests_per_minute, tokens_per_minute)
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
@@ -88,6 +97,7 @@ class HttpJudge:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.max_retry_after = max_retry_after
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.core = JudgeCore(
@@ -161,10 +171,12 @@ class HttpJudge:
         self, session: aiohttp.ClientSession, sem: asyncio.Semaphore | None, call: Call
     ) -> tuple[Any, str]:
         """(JSON body, "") or (None, why) after `retries` retries; never raises."""
-        error, delay = "", 0.0
+        error, delay, asked = "", 0.0, False  # asked: the server set the delay (Retry-After)
         for attempt in range(self.retries + 1):
             if attempt:
                 self.core.count(retries=1)
+                if asked:  # the server's rate limit: counted as rate-limit waiting
+                    self.core.count(rate_wait_ms=int(1000 * delay))
                 await asyncio.sleep(delay)
             if call.payload is not None:  # chat requests count against the rate limits
                 waited = await self.limiter.acquire(call.tokens)
@@ -175,7 +187,7 @@ class HttpJudge:
                 return body, ""
             if status is not None and status not in RETRYABLE:
                 break
-            delay = self._delay(attempt, retry_after)
+            delay, asked = self._delay(attempt, retry_after), retry_after is not None
         self.core.count(http_errors=1)
         return None, error
 
@@ -203,9 +215,10 @@ class HttpJudge:
             return None, None, f"{method} {path} failed: {type(exc).__name__}: {exc}", None
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """backoff * 2^attempt, jittered in [50%, 100%], capped; a server's Retry-After wins."""
+        """backoff * 2^attempt, jittered in [50%, 100%], capped at max_backoff; a server's
+        Retry-After wins, capped at max_retry_after (a 429 may ask for a minute)."""
         if retry_after is not None:
-            return min(retry_after, self.max_backoff)
+            return min(retry_after, self.max_retry_after)
         return min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
 
 
@@ -261,8 +274,19 @@ class _NoLimit:
         return None
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+def _seconds(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header in seconds from `now` (default: the clock): delay-seconds or an
+    HTTP date (RFC 9110); None when absent or unreadable."""
+    if value is None:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC as well
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -8,8 +8,9 @@ GET /stats (not OpenAI) reports requests in flight, the most ever in flight, ser
 rejected counts, and the most requests that arrived within one second (`max_per_second`);
 POST /stats/reset restarts the maxima and the rejected count. Requests are
 handled on threads; generation runs one request at a time.
-`--max-pending N` answers 503 with Retry-After once N requests are in flight, as an overloaded
-gateway would. With `--port 0` the OS picks a free port; the first stdout line names the URL.
+`--max-pending N` answers 503 (or `--busy-status 429`) with `Retry-After: --retry-after`
+seconds (default 1) once N requests are in flight, as an overloaded or rate-limiting gateway
+would. With `--port 0` the OS picks a free port; the first stdout line names the URL.
 """
 
 from __future__ import annotations
@@ -34,10 +35,18 @@ class ApiError(Exception):
 class ServerState:
     """The model, the generation lock and the request counters shared by handler threads."""
 
-    def __init__(self, generator: LocalGenerator, name: str, max_pending: int = 0) -> None:
+    def __init__(
+        self,
+        generator: LocalGenerator,
+        name: str,
+        max_pending: int = 0,
+        busy_status: int = 503,
+        retry_after: float = 1.0,
+    ) -> None:
         self.generator = generator
         self.name = name
         self.max_pending = max_pending
+        self.busy = (busy_status, f"{retry_after:g}")  # the answer when full, its Retry-After
         self.generate_lock = threading.Lock()
         self.stats_lock = threading.Lock()
         self.stats = {"in_flight": 0, "max_in_flight": 0, "served": 0, "rejected": 0}
@@ -148,10 +157,9 @@ class Handler(BaseHTTPRequestHandler):
             self._error(ApiError(404, f"no route POST {self.path}", "NotFoundError"))
             return
         if not self.state.enter():
-            self._error(
-                ApiError(503, "server busy, retry later", "ServiceUnavailable"),
-                {"Retry-After": "1"},
-            )
+            status, after = self.state.busy
+            kind = "RateLimitError" if status == 429 else "ServiceUnavailable"
+            self._error(ApiError(status, "server busy, retry later", kind), {"Retry-After": after})
             return
         served = False
         try:
@@ -213,9 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--max-pending", type=int, default=0, help="503 beyond N in flight")
+    parser.add_argument("--busy-status", type=int, default=503, choices=[429, 503])
+    parser.add_argument("--retry-after", type=float, default=1.0, help="seconds, when busy")
     args = parser.parse_args(argv)
     generator = LocalGenerator(args.model, args.dtype, args.threads)
-    state = ServerState(generator, args.served_model_name or generator.name, args.max_pending)
+    name = args.served_model_name or generator.name
+    state = ServerState(generator, name, args.max_pending, args.busy_status, args.retry_after)
     server = make_server(state, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"serving {state.name} on http://{host}:{port}", flush=True)

@@ -76,11 +76,16 @@ class RewardScorer:
     """Scores completions with `components`; see the module docstring for the maths."""
 
     def __init__(
-        self, components: Sequence[RewardComponent], max_workers: int = 2, timeout: float = 10.0
+        self,
+        components: Sequence[RewardComponent],
+        max_workers: int = 2,
+        timeout: float = 10.0,
+        domain: str | None = None,
     ) -> None:
         import judges
         import rewards
 
+        self.domain = domain  # named in the failure warning
         self.components = list(components)
         self.order = evaluation_order(self.components)
         self.max_workers = max_workers
@@ -203,10 +208,12 @@ class RewardScorer:
         failed = [s for s in scores if getattr(s, "failure", None)]
         if failed and comp.key not in self._warned:
             self._warned.add(comp.key)
+            where = f"domain '{self.domain}', " if self.domain else ""
+            metric = f"reward/{self.domain or '<domain>'}/{comp.key}"
             log.warning(
-                "reward component '%s': the verifier failed on %d of %d items (%s); counted as "
-                "reward/<domain>/%s/errors|timeouts, scored 0",
-                comp.key, len(failed), len(scores), failed[0].reason, comp.key,
+                "%sreward component '%s': the verifier failed on %d of %d items (%s); counted as "
+                "%s/errors|timeouts, scored 0",
+                where, comp.key, len(failed), len(scores), failed[0].reason, metric,
             )  # fmt: skip
 
     def _total(self, parts: dict[str, _Part], zeroed: list[bool], n: int) -> list[float]:

@@ -330,7 +330,8 @@ def test_malformed_replies_fall_back_and_are_counted(server, judge_model):
 
 
 def test_busy_server_is_retried_with_backoff(judge_model):
-    proc, url = start_server(judge_model.path, "--max-pending", "1")
+    # a short Retry-After: the client now waits what the server asks, not max_backoff
+    proc, url = start_server(judge_model.path, "--max-pending", "1", "--retry-after", "0.1")
     try:
         prompts, completions = items(6, seed=5)
         judge = fast(url, judge_model.point, concurrency=4, retries=20)
@@ -341,6 +342,46 @@ def test_busy_server_is_retried_with_backoff(judge_model):
         assert stats(url)["rejected"] == counts["retries"]
     finally:
         stop(proc)
+
+
+def test_retry_after_is_honoured_beyond_max_backoff_and_counted_as_waiting(judge_model):
+    """A 429 asking for 1 s is waited for in full although max_backoff is 0.05 s (a
+    `Retry-After: 60` used to exhaust the retries at max_backoff's pace), and the wait shows in
+    `rate_wait_ms`."""
+    proc, url = start_server(
+        judge_model.path, "--max-pending", "1", "--busy-status", "429", "--retry-after", "1"
+    )
+    try:
+        prompts, completions = items(3, seed=5)
+        judge = fast(url, judge_model.point, concurrency=3, retries=5, cache_size=0)
+        t0 = time.monotonic()
+        verdicts = judge.judge(prompts, completions)
+        elapsed = time.monotonic() - t0
+        counts = judge.take_counters()
+        rejected = stats(url)["rejected"]
+        assert [v.score for v in verdicts] == pytest.approx([SEVEN] * 3)
+        assert counts["fallbacks"] == counts["http_errors"] == 0
+        assert rejected > 0 and counts["retries"] == rejected  # each 429 retried once
+        assert counts["rate_wait_ms"] == 1000 * rejected  # each waited the 1 s asked for
+        assert elapsed >= 1.0  # a rejected request waited its full Retry-After
+    finally:
+        stop(proc)
+
+
+def test_retry_after_in_seconds_or_http_date_up_to_max_retry_after():
+    from email.utils import formatdate
+
+    from judges.http import _seconds
+
+    assert _seconds("60") == 60.0 and _seconds(None) is None and _seconds("soon") is None
+    now = 1_700_000_000.0
+    assert _seconds(formatdate(now + 30, usegmt=True), now) == pytest.approx(30.0)
+    assert _seconds(formatdate(now - 30, usegmt=True), now) == 0.0  # a date already past
+    judge = HttpJudge(max_backoff=0.05, max_retry_after=90.0)
+    assert judge._delay(0, 60.0) == 60.0 and judge._delay(0, 600.0) == 90.0
+    assert judge._delay(0, None) <= 0.05
+    with pytest.raises(ValueError, match="max_retry_after must be >= 0"):
+        HttpJudge(max_retry_after=-1)
 
 
 def test_server_killed_mid_batch_gives_counted_fallbacks(judge_model):

@@ -3,7 +3,8 @@
 One line per group: `kind` (train / eval), `step`, `label` (evaluations), `domain`,
 `group_id`, the prompt exactly as the engine got it, and per completion its text, reward,
 component scores, the first component's reason when it fell short, and its advantage
-(group-relative, as the learner computes it).
+(group-relative, as the learner computes it: std-scaled, or only centred with
+`learner.scale_advantages: false`).
 """
 
 from __future__ import annotations
@@ -44,15 +45,21 @@ def group_record(group: Group, adv_eps: float, scale: bool = True) -> dict[str, 
 
 
 def _centred(rewards: Sequence[float]) -> list[float]:
+    """Dr.GRPO's r - mean (exactly 0 for a tied group, as the learner)."""
+    if len(set(rewards)) <= 1:
+        return [0.0] * len(rewards)
     m = sum(rewards) / len(rewards)
     return [r - m for r in rewards]
 
 
-def write_groups(run_dir: Path, groups: Sequence[Group], adv_eps: float, **tags: Any) -> None:
-    """Append one line per group to `run_dir/rollouts.jsonl`, with `tags` (kind, step, ...)."""
+def write_groups(
+    run_dir: Path, groups: Sequence[Group], adv_eps: float, scale: bool = True, **tags: Any
+) -> None:
+    """Append one line per group to `run_dir/rollouts.jsonl`, with `tags` (kind, step, ...);
+    `scale` is the recipe's `learner.scale_advantages`, so the advantages are the learner's."""
     with (Path(run_dir) / FILE).open("a") as f:
         for g in groups:
-            f.write(json.dumps({**tags, **group_record(g, adv_eps)}) + "\n")
+            f.write(json.dumps({**tags, **group_record(g, adv_eps, scale)}) + "\n")
 
 
 def read_examples(run_dir: Path, per_domain: int = 2) -> dict[str, list[dict[str, Any]]]:

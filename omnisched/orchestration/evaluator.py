@@ -2,6 +2,8 @@
 
 It needs rollout engines and reward workers only, no learner: `evaluate_folder` evaluates any
 HF model folder exactly as a run evaluates its policy (same eval sets, sampling and seed).
+Reward failures count as in training (`reward/<domain>/<component>/errors`, ..., in the eval
+record) and stop the run past `reward.max_error_rate`, after the groups are in rollouts.jsonl.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from omnisched.metrics.rollouts import write_groups
 from omnisched.orchestration.groups import Group
 from omnisched.orchestration.reward_pool import RewardPool, reward_pool
 from omnisched.orchestration.rollout_pool import RolloutPool
+from omnisched.orchestration.sampler import check_failures
 from omnisched.rollout.base import SamplingParams
 from omnisched.schedule.state import Evaluation
 
@@ -51,21 +54,26 @@ class Evaluator:
         r = self.recipe
         params = self.params()
         acc, ent, items = {}, {}, {}
+        failures: dict[str, int] = {}  # "reward/<domain>/<component>/<counter>", as in training
         for name, dom in self.domains.items():
             outs = self.rollout.generate([ex.prompt for ex in dom.eval_set], params)
             groups = [
                 Group(f"eval.{name}.{i}", name, ex, comps)
                 for i, (ex, comps) in enumerate(zip(dom.eval_set, outs))
             ]
-            self.rewards.score(name, groups)
+            counts = self.rewards.score(name, groups)
             write_groups(
                 self.metrics.path.parent,
                 groups,
                 r.learner.adv_eps,
+                r.learner.scale_advantages,
                 kind="eval",
                 step=step,
                 label=label,
             )
+            check_failures(name, counts, r.reward.max_error_rate, groups, f"evaluation {label}")
+            logged = {k: v for k, v in counts.items() if v and not k.endswith("/items")}
+            failures.update({f"reward/{name}/{k}": v for k, v in logged.items()})
             per_item = [sum(g.rewards) / len(g.rewards) for g in groups]
             entropies = [c.mean_entropy for g in groups for c in g.completions]
             acc[name] = sum(per_item) / len(per_item)
@@ -73,7 +81,7 @@ class Evaluator:
             items[name] = [round(x, 4) for x in per_item]
         dt = time.perf_counter() - t0
         flat = {f"acc/{d}": v for d, v in acc.items()} | {f"entropy/{d}": v for d, v in ent.items()}
-        self.metrics.log(step, {"label": label, **flat, "eval_s": dt}, kind="eval")
+        self.metrics.log(step, {"label": label, **flat, **failures, "eval_s": dt}, kind="eval")
         return Evaluation(accuracy=acc, entropy=ent, items=items)
 
 

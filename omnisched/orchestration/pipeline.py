@@ -10,6 +10,7 @@ yet) or across a checkpoint (a resume restarts from a state with nothing in flig
 steps are on-policy. An online policy's new mixture (`observe_step`) reaches the batch after
 the one already made. The learner runs in a driver thread, so the same code overlaps Ray actors
 and, with `ray.enabled: false`, the in-process workers (torch releases the GIL in its kernels).
+A step stopped by `reward.max_error_rate` first writes the failing groups to rollouts.jsonl.
 """
 
 from __future__ import annotations
@@ -18,35 +19,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from omnisched.config.schema import Recipe
 from omnisched.metrics.rollouts import write_groups
+from omnisched.orchestration.sampler import RewardFailure, RolloutBatch
 
 if TYPE_CHECKING:
     from omnisched.orchestration.controller import Controller
-    from omnisched.orchestration.sampler import RolloutBatch
-
-
-def overlap_problems(recipe: Recipe) -> list[str]:
-    """Why `rollout.overlap` cannot run with this recipe, one line per reason naming fields."""
-    from omnisched.orchestration.placement import sleep_level
-
-    ro = recipe.rollout
-    if not ro.overlap:
-        return []
-    problems = []
-    level = sleep_level(recipe)
-    if level:
-        problems.append(
-            f"rollout.overlap: true needs engines that stay awake during learner steps; got "
-            f"rollout.sleep_level={level} (placement.colocate={recipe.placement.colocate}): set "
-            "rollout.sleep_level: 0 (colocated GPUs then hold both at once) or overlap: false"
-        )
-    if ro.top_p < 1:
-        problems.append(
-            f"rollout.overlap: true trains against the sampler's logprobs, which rollout.top_p="
-            f"{ro.top_p:g} truncates; set rollout.top_p: 1"
-        )
-    return problems
+    from omnisched.orchestration.groups import Group
 
 
 class StepRunner:
@@ -70,7 +48,7 @@ class StepRunner:
         if self.pending is not None:
             batch, sampled_at = self.pending
         else:
-            batch, sampled_at = c.sampler.sample(domains, mixture, c.step), c.step
+            batch, sampled_at = self._sample(domains, mixture, c.step), c.step
         self.pending = None
         t_learn = time.perf_counter()
         c.rollout.sleep()  # colocated engines free the GPU for the learner (sleep_level)
@@ -79,7 +57,7 @@ class StepRunner:
             with ThreadPoolExecutor(1, thread_name_prefix="learner") as pool:
                 learning = pool.submit(c.learner.train_groups, groups)
                 try:  # the engines still hold version c.step: the next batch is one behind
-                    self.pending = (c.sampler.sample(domains, mixture, c.step + 1), c.step)
+                    self.pending = (self._sample(domains, mixture, c.step + 1), c.step)
                 finally:
                     learn = learning.result()
         else:
@@ -96,8 +74,30 @@ class StepRunner:
         c.metrics.log(c.step, record)
         every = r.run.log_rollouts_every
         if every and c.step % every == 0:
-            write_groups(c.run_dir, batch.groups, r.learner.adv_eps, kind="train", step=c.step)
+            self._log_groups(batch.groups, c.step)
         return record
+
+    def _sample(
+        self, domains: list[str], mixture: dict[str, float] | None, step: int
+    ) -> RolloutBatch:
+        """The batch for 0-based `step`; when the reward-failure check stops the run, the
+        failing domain's groups go to rollouts.jsonl first (as that step's, 1-based)."""
+        try:
+            return self.ctrl.sampler.sample(domains, mixture, step)
+        except RewardFailure as exc:
+            self._log_groups(exc.groups, step + 1)
+            raise
+
+    def _log_groups(self, groups: list[Group], step: int) -> None:
+        learner = self.ctrl.recipe.learner
+        write_groups(
+            self.ctrl.run_dir,
+            groups,
+            learner.adv_eps,
+            learner.scale_advantages,
+            kind="train",
+            step=step,
+        )
 
     def _record(
         self,

@@ -4,7 +4,8 @@ G completions each, score them, and hand back whole groups.
 With `rollout.dynamic_sampling` (DAPO), groups whose rewards all tie are filtered out and more
 prompts are drawn, from the same domain mixture, until the batch holds `prompts_per_step` groups
 with signal or `max_rounds` extra generation rounds have run (a batch still short then trains
-on what it has). What was drawn is counted per domain (`prompts/<domain>`), filtered or not.
+on what it has). What was drawn is counted per domain (`prompts/<domain>`), filtered or not,
+and `dynamic/*` (filtered fraction, extra rounds and prompts) is logged on every step.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from omnisched.config.schema import Recipe
@@ -45,19 +47,36 @@ def scaled_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
     return [0.0 if std == 0 else (r - mean) / (std + eps) for r in rewards]
 
 
-def check_failures(domain: str, counts: dict[str, int], max_rate: float) -> None:
+class RewardFailure(OmniError):
+    """`check_failures`' stop, carrying the groups of the failing domain so that the caller can
+    write them to rollouts.jsonl (where the per-item reasons are) before the run ends."""
+
+    def __init__(self, message: str, groups: Sequence[Group] = ()) -> None:
+        super().__init__(message)
+        self.groups = list(groups)
+
+
+def check_failures(
+    domain: str,
+    counts: dict[str, int],
+    max_rate: float,
+    groups: Sequence[Group] = (),
+    scope: str = "one step",
+) -> None:
     """Stop the run (one line) when a component's verifier failed on more than `max_rate` of
-    the items it scored: a broken verifier must not pass for a low reward."""
+    the items it scored (in `scope`): a broken verifier must not pass for a low reward.
+    `groups` (the domain's scored groups) travel with the error to be logged."""
     for key, items in counts.items():
         if not key.endswith("/items") or not items:
             continue
         comp = key.removesuffix("/items")
         failed = counts.get(f"{comp}/errors", 0) + counts.get(f"{comp}/timeouts", 0)
         if failed > max_rate * items:
-            raise OmniError(
+            raise RewardFailure(
                 f"domain '{domain}', reward component '{comp}': the verifier failed (raised or "
-                f"timed out) on {failed} of {items} items in one step, more than "
-                f"reward.max_error_rate={max_rate:g}; the reasons are in the run's log"
+                f"timed out) on {failed} of {items} items in {scope}, more than "
+                f"reward.max_error_rate={max_rate:g}; the reasons are in the run's rollouts.jsonl",
+                groups,
             )
 
 
@@ -69,6 +88,7 @@ class RolloutBatch:
     drawn: list[Group]  # every group generated this step, filtered ones included
     rounds: int = 1  # generation rounds (1 + extra rounds of dynamic sampling)
     counters: dict[str, int] = field(default_factory=dict)  # "<domain>/<component>/<counter>"
+    dynamic: bool = False  # rollout.dynamic_sampling was on: its metrics are logged every step
     generate_s: float = 0.0
     score_s: float = 0.0
 
@@ -84,9 +104,10 @@ class RolloutBatch:
             out[f"reward/{dom}"] = sum(values) / len(values)
             adv = [abs(a) for g in groups for a in scaled_advantages(g.rewards)]
             out[f"adv_abs/{dom}"] = sum(adv) / len(adv)  # learnability (DUMP's signal)
-            for comp in groups[0].components:
-                vals = [v for g in groups for v in g.components[comp]]
-                out[f"reward/{dom}/{comp}"] = sum(vals) / len(vals)
+            for comp in groups[0].components:  # NaN: the verifier returned None (not applicable)
+                vals = [v for g in groups for v in g.components[comp] if not math.isnan(v)]
+                if vals:
+                    out[f"reward/{dom}/{comp}"] = sum(vals) / len(vals)
         out.update(
             {f"reward/{k}": v for k, v in self.counters.items() if v and not k.endswith("/items")}
         )
@@ -94,7 +115,7 @@ class RolloutBatch:
         out["reward/mean"] = sum(rewards) / max(len(rewards), 1)
         drawn = Counter(g.domain for g in self.drawn)
         out.update({f"prompts/{d}": drawn.get(d, 0) for d in domains})
-        if self.rounds > 1 or len(self.drawn) > len(self.groups):
+        if self.dynamic:  # zeros on steps that filtered nothing, so step averages are right
             no_signal = sum(1 for g in self.drawn if not g.has_signal)
             out["dynamic/filtered_frac"] = no_signal / len(self.drawn)
             out["dynamic/extra_rounds"] = self.rounds - 1
@@ -147,9 +168,9 @@ class GroupSampler:
             top_p=r.rollout.top_p,
             seed=r.run.seed * 1_000_003 + step,
         )
-        batch = RolloutBatch(groups=[], drawn=[])
-        batch.drawn = self._round(self.draw(names, mixture, n, f"{step}"), params, batch)
         dynamic = r.rollout.dynamic_sampling
+        batch = RolloutBatch(groups=[], drawn=[], dynamic=dynamic.enabled)
+        batch.drawn = self._round(self.draw(names, mixture, n, f"{step}"), params, batch)
         if not dynamic.enabled:
             batch.groups = list(batch.drawn)
             return batch
@@ -176,11 +197,12 @@ class GroupSampler:
         groups = [Group(gid, d, ex, comps) for (gid, d, ex), comps in zip(examples, outs)]
         t1 = time.perf_counter()
         for dom in dict.fromkeys(g.domain for g in groups):
-            counts = self.rewards.score(dom, [g for g in groups if g.domain == dom])
-            check_failures(dom, counts, self.recipe.reward.max_error_rate)
+            scored = [g for g in groups if g.domain == dom]
+            counts = self.rewards.score(dom, scored)
             for name, count in counts.items():
                 key = f"{dom}/{name}"
                 batch.counters[key] = batch.counters.get(key, 0) + count
+            check_failures(dom, counts, self.recipe.reward.max_error_rate, scored)
         batch.generate_s += t1 - t0
         batch.score_s += time.perf_counter() - t1
         return groups

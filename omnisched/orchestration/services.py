@@ -10,6 +10,7 @@ from typing import Any
 from omnisched.config.schema import RewardComponent
 from omnisched.errors import PluginError
 from omnisched.orchestration.backend import Backend, ask
+from omnisched.schedule.bandit import drawn_exposure
 from omnisched.schedule.policies import POLICIES, Decision, Policy
 from omnisched.schedule.state import Evaluation, PhaseRecord, SchedulerState
 from omnisched.scoring import RewardScorer, ScoredBatch
@@ -21,7 +22,9 @@ class RewardWorker:
     def __init__(
         self, specs: Mapping[str, Sequence[RewardComponent]], max_workers: int, timeout: float
     ) -> None:
-        self.scorers = {d: RewardScorer(c, max_workers, timeout) for d, c in specs.items()}
+        self.scorers = {
+            d: RewardScorer(c, max_workers, timeout, domain=d) for d, c in specs.items()
+        }
 
     def score(
         self,
@@ -41,11 +44,17 @@ class SchedulerService:
     Controller protocol: `record_baseline` once; then `planned_phases()` times: `next_phase()`,
     `decision.steps or steps_per_phase` train steps (drawing prompts by `decision.mixture` when it
     is set, calling `observe_step` after each and drawing the next step by what it returns), then
-    `finish_phase(steps_run, evaluation)`.
+    `finish_phase(steps_run, evaluation)`. A phase's exposure (step-equivalents per domain) is
+    what its steps drew (`prompts/<domain>` / prompts_per_step in the step statistics), so
+    dynamic sampling's extra draws and unequal domain weights count; without those counts
+    (the simulator) a fixed phase splits its steps evenly over the domains it trained.
     """
+
+    DRAWN = "drawn_exposure"  # policy_state key: the last step charged to a fixed phase
 
     def __init__(self, state: SchedulerState, cfg: Any, state_path: str | None) -> None:
         self.state = state
+        self.prompts_per_step = cfg.prompts_per_step
         self.policy = POLICIES.get(state.policy)(cfg)
         if not isinstance(self.policy, Policy):
             raise PluginError(
@@ -106,16 +115,35 @@ class SchedulerService:
         numeric = {k: float(v) for k, v in stats.items() if isinstance(v, int | float)}
         mixture = self.policy.observe_step(self.state, step, numeric)
         if mixture is None:
+            if self._charge_drawn(step, numeric):
+                self._save()
             return None
         self.state.phases[-1].mixture = mixture
         self._save()
         return mixture
 
+    def _charge_drawn(self, step: int, stats: dict[str, float]) -> bool:
+        """A fixed phase's step: add the prompts it drew to the open phase's exposure (online
+        policies charge their own); a replayed step id (resume) changes nothing."""
+        drawn = drawn_exposure(stats, self.state.domains, self.prompts_per_step)
+        phases = self.state.phases
+        if drawn is None or not phases or phases[-1].result is not None:
+            return False
+        memo = self.state.policy_state.setdefault(self.DRAWN, {"last_step": -1})
+        if step <= memo["last_step"]:
+            return False
+        memo["last_step"] = step
+        exposure = phases[-1].exposure
+        for d, x in drawn.items():
+            if x:
+                exposure[d] = exposure.get(d, 0.0) + x
+        return True
+
     def finish_phase(self, steps: int, evaluation: Evaluation) -> None:
         phase = self.state.phases[-1]
         phase.steps = steps
         phase.result = evaluation
-        if not phase.exposure:  # fixed phases: prompts split evenly over the trained domains
+        if not phase.exposure:  # no draws counted: steps split evenly over the trained domains
             phase.exposure = {d: steps / len(phase.trained) for d in phase.trained}
         self._save()
 

@@ -6,12 +6,14 @@ All three start from the uniform mixture. `bandit` and `tac` move away from it o
 twice, the uniform weight: their cost against a uniform mixture is bounded by construction.
 
 - `bandit`: balance the domains' learning progress, as Dynamic Weight Averaging (Liu et al.,
-  2019) balances tasks. Each domain's reward is regressed on the exposure it received (its
-  cumulative weight) over a sliding window; the slope's z-score (slope / its standard error)
-  says how surely it still improves. Domains that stall or slide (others' training erodes
-  what they learned) get more weight, w_a ~ exp(-BETA * clip(z_a)). (Its mirror, favouring
-  the fastest learners as learning-progress curricula do, lost to the uniform mixture on the
-  simulator's development worlds by 0.3 points; this direction won by 0.25.)
+  2019) balances tasks. Each domain's reward is regressed on the exposure it received (the
+  prompts drawn from it / prompts_per_step, cumulated; the weights where a step's statistics
+  count no draws, as the simulator's) over a sliding window; the slope's z-score (slope / its
+  standard error) says how surely it still improves. Domains that stall or slide (others'
+  training erodes what they learned) get more weight, w_a ~ exp(-BETA * clip(z_a)). (Its
+  mirror, favouring the fastest learners as learning-progress curricula do, lost to the
+  uniform mixture on the simulator's development worlds by 0.3 points; this direction won by
+  0.25.)
 - `learnability` (the DUMP / SEC baseline, arXiv 2504.09710, 2505.14970): UCB over each
   domain's mean |advantage| (GRPO's signal vanishes when a domain's groups all tie), softmax
   with temperature; no bounds: a comparison policy, as published.
@@ -73,8 +75,9 @@ class MixturePolicy(Policy):
     def observe_step(
         self, state: SchedulerState, step: int, stats: dict[str, float]
     ) -> dict[str, float] | None:
-        """Fold one step in (a replayed step id after a resume changes nothing); charge its
-        weights to the open phase's exposure; return the next step's weights."""
+        """Fold one step in (a replayed step id after a resume changes nothing); charge what it
+        drew (`prompts/<d>`, else its weights) to the open phase's exposure; return the next
+        step's weights."""
         if not state.phases or state.phases[-1].result is not None:
             raise RuntimeError(f"{self.name}: observe_step needs an open phase (next_phase first)")
         mem = self.memory(state)
@@ -82,7 +85,8 @@ class MixturePolicy(Policy):
             return dict(mem["weights"])
         mem["last_step"] = step
         exposure = state.phases[-1].exposure
-        for d, w in mem["weights"].items():  # the weights this step was drawn with
+        drawn = drawn_exposure(stats, state.domains, self.cfg.prompts_per_step)
+        for d, w in (drawn or mem["weights"]).items():  # else the weights it was drawn with
             exposure[d] = exposure.get(d, 0.0) + w
             mem["exposure"][d] += w
         for d in state.domains:
@@ -159,6 +163,16 @@ class TransferAwarePolicy(MixturePolicy):
                 - PROGRESS_WEIGHT * progress_z(mem["history"][d])
             )
         return bounded_softmax({d: BETA * v for d, v in centred(score).items()})
+
+
+def drawn_exposure(
+    stats: Mapping[str, float], domains: Sequence[str], prompts_per_step: int
+) -> dict[str, float] | None:
+    """Step-equivalents each domain got in one step: prompts drawn (`prompts/<d>`, filtered by
+    dynamic sampling or not) / prompts_per_step; None when the stats count no draws."""
+    if not any(f"prompts/{d}" in stats for d in domains):
+        return None
+    return {d: float(stats.get(f"prompts/{d}", 0.0)) / prompts_per_step for d in domains}
 
 
 def alignment(pairs: Mapping[str, Sequence[float]], domains: Sequence[str]) -> dict[str, float]:

@@ -210,9 +210,7 @@ class BWTPolicy(Policy):
         )
         return Decision([todo[0]], reason, steps=steps, probe=True)
 
-    def _revisit(
-        self, state: SchedulerState, model: TransferModel, steps: int, n: int
-    ) -> Decision:
+    def _revisit(self, state: SchedulerState, model: TransferModel, steps: int, n: int) -> Decision:
         x = steps / n
         gains = {d: predict_final([(d, x)], model)[d] - model.current[d] for d in state.domains}
         d = max(gains, key=lambda k: gains[k])
