@@ -65,7 +65,7 @@ def fails_on_bad_prompts(completions: list[str], prompts: list[str], **_: object
     return [(sum(map(ord, c)) % 7) / 6 for c in completions]
 
 
-rewards.VERIFIERS.add("test_none_for_b", none_for_b, replace=True)
+rewards.VERIFIERS.add("sampler_none_for_b", none_for_b, replace=True)
 rewards.VERIFIERS.add("test_fails_on_bad", fails_on_bad_prompts, replace=True)
 
 
@@ -212,7 +212,7 @@ def test_a_component_that_does_not_apply_is_left_out_of_its_mean():
     """A verifier's None ("does not apply") is no 0 and no NaN in reward/<domain>/<component>:
     the mean is over the items it applied to, and the key is absent where it applied to none."""
     comps = [
-        RewardComponent(verifier="test_none_for_b", name="n"),
+        RewardComponent(verifier="sampler_none_for_b", name="n"),
         RewardComponent(verifier="exact_match", name="em"),
     ]
     pool = RewardPool(InlineBackend(), {"d": comps, "e": comps}, 2, 10.0, [None])

@@ -2,7 +2,10 @@
 
 A checkpoint is a folder `checkpoints/step-NNNNNN/` holding the policy as an HF model folder, the
 learner's optimizer state and `controller.json` (global step, phase, step within the phase, the
-prompt sampler's RNG, timings). It is written under a temporary name and renamed, then the
+prompt sampler's RNG, timings, and the scheduler's state as it was at that step: a run killed
+between an evaluation the scheduler recorded and the checkpoint after it resumes from the older
+checkpoint with the scheduler's state of that moment, so that phase's steps run again).
+It is written under a temporary name and renamed, then the
 `checkpoints/latest` pointer is replaced atomically, so a run killed at any instant leaves either
 the previous checkpoint or the new one, never a half-written one.
 """
@@ -103,8 +106,9 @@ class ResumePoint:
 
 
 def resume_point(run_dir: Path, completed_evals: Callable[[], list[str]]) -> ResumePoint | None:
-    """The latest step checkpoint of `run_dir`, with metrics.jsonl cut back to it (keeping the
-    evaluations `completed_evals()` names: those the scheduler's saved state holds). Without a
+    """The latest step checkpoint of `run_dir`, with the scheduler's state it holds restored and
+    metrics.jsonl cut back to it (keeping the evaluations `completed_evals()` names: those the
+    scheduler's saved state holds). Without a
     checkpoint the run starts over in the same directory: its scheduler state and metrics go."""
     root = run_dir / "checkpoints"
     found = latest_checkpoint(root)
@@ -114,6 +118,8 @@ def resume_point(run_dir: Path, completed_evals: Callable[[], list[str]]) -> Res
         log.warning("resume: no checkpoint in %s; starting the run over", root)
         return None
     path, ctl = found
+    if ctl.get("scheduler") is not None:  # the scheduler's state at the checkpoint's step
+        _atomic_write(run_dir / "scheduler_state.json", json.dumps(ctl["scheduler"], indent=1))
     kept, dropped = truncate_metrics(run_dir / "metrics.jsonl", ctl["step"], completed_evals())
     log.warning(
         "resume: %s at step %d (phase %d, step %d of it); metrics kept %d, dropped %d",

@@ -120,6 +120,7 @@ class Controller:
             "step_in_phase": step_in_phase,
             "rng": list(self.rng.getstate()),
             "timings": self.timings,
+            "scheduler": self.scheduler.state().to_dict(),
         }
         write_checkpoint(
             self.run_dir / "checkpoints", self.step, state, self.learner.save_checkpoint
