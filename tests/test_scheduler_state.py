@@ -8,6 +8,7 @@ from omnisched.config.schema import ScheduleConfig
 from omnisched.metrics import write_report
 from omnisched.orchestration.services import SchedulerService
 from omnisched.schedule import Evaluation, SchedulerState
+from omnisched.schedule.state import PhaseRecord
 
 
 def _ev(m, c, q):
@@ -177,3 +178,21 @@ def test_state_file_persists_transfer_entropy_and_the_policy_state(tmp_path):
     assert SchedulerState.from_dict(old).policy_state == {}
     old["bandit"] = memory  # written before policy_state existed: still resumed
     assert SchedulerState.from_dict(old).policy_state == {"bandit": memory}
+
+
+def test_probe_phases_are_not_part_of_the_training_order_nor_of_bwt():
+    """A bwt run with probes: the order, R in training order, BWT and FWT over regular phases."""
+
+    def ev(a: float, b: float) -> Evaluation:
+        return Evaluation({"a": a, "b": b}, {"a": 1.0, "b": 1.0})
+
+    state = SchedulerState(["a", "b"], {"a": "structured", "b": "open"}, "bwt", 2)
+    state.baseline = ev(0.1, 0.2)
+    rows = [("a", True, ev(0.15, 0.2)), ("b", True, ev(0.15, 0.25))]  # probes
+    rows += [("b", False, ev(0.1, 0.5)), ("a", False, ev(0.6, 0.4))]
+    for k, (d, probe, result) in enumerate(rows):
+        state.phases.append(PhaseRecord(k, [d], "r", steps=5, result=result, probe=probe))
+    assert state.training_order() == ["b", "a"]
+    assert state.R_trained_order() == [[0.5, 0.1], [0.4, 0.6]]
+    assert state.bwt() == pytest.approx(0.4 - 0.5)
+    assert state.fwt() == pytest.approx(0.1 - 0.1)  # a after b's phase vs a's baseline

@@ -359,9 +359,10 @@ def reproduce(recipe: Recipe, out: Path, opts: ReproOptions, say: Say = log.info
 
 def select_arms(arms: list[ArmSpec], names: Sequence[str] | None) -> list[ArmSpec]:
     """`arms` restricted to `names` (plus base and joint, which every comparison needs, and
-    bwt when reverse is asked for); one line naming unknown arms."""
+    bwt when reverse is asked for); one line naming unknown arms. Without names: every arm but
+    `reverse` (a control of the bwt order that costs a whole budget per seed; ask for it)."""
     if not names:
-        return arms
+        return [a for a in arms if a.name != "reverse"]
     known = [a.name for a in arms]
     unknown = [n for n in names if n not in known]
     if unknown:

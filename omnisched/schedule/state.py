@@ -65,20 +65,27 @@ class SchedulerState:
         """R[i][j] for completed phase i, columns in recipe domain order."""
         return [[p.result.accuracy[d] for d in self.domains] for p in self.completed()]  # type: ignore[union-attr]
 
+    def regular(self) -> list[PhaseRecord]:
+        """Completed phases that are not probes (a probe only measures; BWT/FWT skip it)."""
+        return [p for p in self.completed() if not p.probe]
+
     def training_order(self) -> list[str] | None:
-        """Domains in the order trained, when every phase trained one new domain; else None."""
-        order = [p.trained[0] for p in self.completed() if len(p.trained) == 1]
-        if len(order) != len(self.completed()) or len(set(order)) != len(order):
+        """Domains in the order trained, when every regular phase trained one new domain; else
+        None. Probe phases are not part of the order."""
+        regular = self.regular()
+        order = [p.trained[0] for p in regular if len(p.trained) == 1]
+        if len(order) != len(regular) or len(set(order)) != len(order):
             return None
         return order
 
     def R_trained_order(self) -> list[list[float]] | None:
-        """R with columns reordered so column j is the domain trained in phase j (for BWT/FWT)."""
+        """R over the regular phases, columns reordered so column j is the domain trained in
+        regular phase j (for BWT/FWT)."""
         order = self.training_order()
         if not order:
             return None
         cols = order + [d for d in self.domains if d not in order]
-        return [[p.result.accuracy[d] for d in cols] for p in self.completed()]  # type: ignore[union-attr]
+        return [[p.result.accuracy[d] for d in cols] for p in self.regular()]  # type: ignore[union-attr]
 
     def bwt(self) -> float | None:
         R = self.R_trained_order()
