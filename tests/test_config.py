@@ -182,10 +182,8 @@ REFUSED = [
     # a model folder that is not one (run found out in the warm start)
     (["model.path=/nonexistent/model"],
      "model.path /nonexistent/model is not an HF model folder (no config.json)"),
-    # LoRA targets the tiny model does not have (run found out after the warm start; checked on
-    # the meta device from model.tiny, in a child process: no weights, no SFT)
-    (["learner.lora={target_modules: [q_proj, qkv_proj]}"],
-     "learner.lora.target_modules: ['qkv_proj'] match no module of the model"),
+    # (LoRA targets that match no module: the same check_runnable, which builds the model in a
+    # child; tests/test_lora.py::test_run_and_dry_run_check_lora_targets_before_anything_starts)
     # a decode loop that cannot compile (run found out inside the engine)
     (["rollout.hf.compile=true", "rollout.hf.decode=drop"],
      "rollout.hf: rollout.hf.compile: true needs rollout.hf.decode: mask or auto"),

@@ -1,5 +1,7 @@
-"""Fault tolerance for real: SIGKILL the whole run mid-phase and resume it; SIGKILL a rollout
-actor mid-run and watch the controller replace it. Local Ray, the small setting of test_e2e."""
+"""Fault tolerance for real: SIGKILL the whole run mid-phase and resume it (in-process workers:
+the checkpoint and resume logic is the same with Ray); SIGKILL a rollout actor or a learner rank
+mid-run (local Ray) and watch the controller replace it or resume. The small setting of
+test_e2e, without the warm start (what is tested starts after it) and with tiny evaluations."""
 
 from __future__ import annotations
 
@@ -57,9 +59,21 @@ def _run_dir(tmp_path: Path, proc: subprocess.Popen) -> Path:
     return next((tmp_path / "runs").glob("tiny-*"))
 
 
+NO_WARM_START = [
+    "model.warm_start.enabled=false",
+    "eval.samples=1",
+    *(f"domains.{i}.eval_size=2" for i in range(4)),
+]
+
+
 def test_sigkill_mid_phase_then_resume_loses_and_repeats_no_step(tmp_path):
     proc = _start(
-        tmp_path, "schedule.phases=2", "schedule.steps_per_phase=4", "run.checkpoint_every=2"
+        tmp_path,
+        *NO_WARM_START,
+        "ray.enabled=false",
+        "schedule.phases=2",
+        "schedule.steps_per_phase=4",
+        "run.checkpoint_every=2",
     )
     run_dir = _run_dir(tmp_path, proc)
     # past the step-2 checkpoint and into step 3, i.e. mid-phase after a checkpoint
@@ -97,7 +111,7 @@ def _ray_actor(name: str) -> psutil.Process | None:
 
 
 def test_a_killed_rollout_actor_is_replaced_and_the_step_retried(tmp_path):
-    proc = _start(tmp_path, "schedule.phases=1", "schedule.steps_per_phase=6")
+    proc = _start(tmp_path, *NO_WARM_START, "schedule.phases=1", "schedule.steps_per_phase=6")
     run_dir = _run_dir(tmp_path, proc)
     _wait_for(lambda: len(_train_steps(run_dir)) >= 2, proc)
     actor = _ray_actor("ray::RolloutWorker")
@@ -112,9 +126,7 @@ def test_a_killed_rollout_actor_is_replaced_and_the_step_retried(tmp_path):
 def test_a_killed_learner_rank_restarts_the_run_from_its_checkpoint(tmp_path):
     proc = _start(
         tmp_path,
-        "model.warm_start.enabled=false",  # what is tested starts after it
-        "eval.samples=1",
-        *(f"domains.{i}.eval_size=2" for i in range(4)),
+        *NO_WARM_START,
         "schedule.phases=1",
         "schedule.steps_per_phase=4",
         "run.checkpoint_every=2",
@@ -133,55 +145,5 @@ def test_a_killed_learner_rank_restarts_the_run_from_its_checkpoint(tmp_path):
     assert "resuming from the last checkpoint" in (tmp_path / "stderr.txt").read_text()
 
 
-def test_an_engine_killed_during_a_broadcast_is_seen_in_seconds(tmp_path, caplog):
-    """Two HF engines and a learner in one broadcast group; engine 0's process is SIGKILLed as a
-    sync starts. The driver sees the death at once, aborts the group (engine 1 would otherwise
-    wait for the rest of the broadcast until the group's 600 s timeout), replaces engine 0 and
-    syncs both through the object store."""
-    import ray
-    import torch
-    from test_weight_sync import TINY, _recipe
-
-    from omnisched.config.schema import RayConfig
-    from omnisched.model import build_char_tokenizer, build_tiny_model
-    from omnisched.model.build import save_model
-    from omnisched.orchestration.backend import RayBackend
-    from omnisched.orchestration.learner_group import LearnerGroup
-    from omnisched.orchestration.rollout_pool import RolloutPool
-
-    recipe = _recipe(tmp_path, rollout={"num_workers": 2})
-    tok = build_char_tokenizer()
-    start, policy = (
-        str(save_model(build_tiny_model(TINY, tok, seed=seed), tok, tmp_path / f"m{seed}"))
-        for seed in (0, 1)
-    )
-    ray.init(num_cpus=4, include_dashboard=False)
-    backend = RayBackend(RayConfig())
-    try:
-        learner = LearnerGroup(backend, recipe, policy)  # engines start from other weights
-        pool = RolloutPool(backend, recipe, start, [None, None])
-        pool.follow(learner)
-        pool.sync_weights()  # one whole broadcast first
-        pid = ray.get(pool.workers[0].__ray_call__.remote(lambda actor: os.getpid()))
-        t0, wall0 = time.monotonic(), time.time()
-        os.kill(pid, signal.SIGKILL)
-        pool.sync_weights()
-        elapsed = time.monotonic() - t0
-        engines = [
-            ray.get(w.__ray_call__.remote(lambda a: a.engine.model.state_dict()))
-            for w in pool.workers
-        ]
-        sent = ray.get(
-            learner.workers[0].__ray_call__.remote(lambda a: a.learner.model.state_dict())
-        )
-    finally:
-        backend.shutdown()
-        ray.shutdown()
-    (seen,) = [r for r in caplog.records if "died during the weight broadcast" in r.message]
-    detected = seen.created - wall0
-    print(f"engine death seen and the group aborted in {detected:.1f} s; synced in {elapsed:.1f} s")
-    assert detected < 30  # not the group's 600 s timeout
-    assert elapsed < 120  # + a replacement engine started and given the weights
-    assert pool.weight_meta is None and pool.restarts == 1
-    for engine in engines:
-        assert all(torch.equal(engine[k], v.to(engine[k].dtype)) for k, v in sent.items())
+# An engine killed during a weight broadcast: tests/test_weight_sync.py (a Ray run with two
+# engines following the learner by broadcast, one SIGKILLed as a sync starts).

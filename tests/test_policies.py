@@ -18,12 +18,26 @@ FULL = 20
 KINDS = {"math": "structured", "code": "structured", "creative": "open"}
 
 
-def service(policy="bwt", kinds=KINDS, phases=None, **cfg) -> SchedulerService:
-    """A service without probes unless `probe_steps` is given (the default probes)."""
+def service(policy="bwt", kinds=KINDS, phases=None, steps=FULL, **cfg) -> SchedulerService:
+    """A service without probes unless `probe_steps` is given (None: the default probes)."""
     if policy == "bwt":
         cfg.setdefault("probe_steps", 0)
     state = SchedulerState(list(kinds), dict(kinds), policy, phases or len(kinds))
-    return SchedulerService(state, ScheduleConfig(policy=policy, steps_per_phase=FULL, **cfg), None)
+    cfg = ScheduleConfig(policy=policy, steps_per_phase=steps, **cfg)
+    return SchedulerService(state, cfg, None)
+
+
+def uniform_world(kinds) -> TransferModel:
+    """Every domain alike: some headroom, fragile fresh skill, no transfer."""
+    zero = Estimate(0.0)
+    names = list(kinds)
+    return TransferModel(
+        current=dict.fromkeys(names, 0.3),
+        headroom={d: Estimate(0.3) for d in names},
+        transfer={c: {b: zero for b in names if b != c} for c in names},
+        fragility={b: {"structured": Estimate(0.4), "open": Estimate(0.4)} for b in names},
+        kinds=dict(kinds),
+    )
 
 
 def world(kinds=KINDS) -> TransferModel:
@@ -50,7 +64,9 @@ def items(acc: float, n: int = 128) -> list[float]:
     return [acc + (0.05 if i % 2 else -0.05) for i in range(n)]
 
 
-def drive(svc: SchedulerService, truth: TransferModel) -> tuple[list[Decision], TransferModel]:
+def drive(
+    svc: SchedulerService, truth: TransferModel, full: int = FULL
+) -> tuple[list[Decision], TransferModel]:
     """The controller's calls, with phases simulated by `truth` and exact evaluations."""
     from omnisched.schedule.planner import advance
 
@@ -65,8 +81,8 @@ def drive(svc: SchedulerService, truth: TransferModel) -> tuple[list[Decision], 
     decisions = []
     for _ in range(svc.planned_phases()):
         d = svc.next_phase()
-        steps = d.steps or FULL
-        truth = advance(truth, ((d.domains[0], steps / FULL),))
+        steps = d.steps or full
+        truth = advance(truth, ((d.domains[0], steps / full),))
         svc.finish_phase(steps, ev(truth))
         decisions.append(d)
     return decisions, truth
@@ -115,13 +131,31 @@ def test_ramp_lengths_sum_to_the_budget():
 
     assert ramp_lengths(3, 45, 0.0) == [15, 15, 15]
     assert ramp_lengths(4, 80, 0.5) == [10, 17, 23, 30]  # 0.5 : 0.83 : 1.17 : 1.5
+    assert ramp_lengths(4, 6, 0.0) == [2, 2, 1, 1]  # rounding halves to even once lost a step
     assert ramp_lengths(1, 7, 0.75) == [7]
     assert ramp_lengths(3, 2, 0.0) is None  # a phase would get no step
+    assert ramp_lengths(4, 5, 0.75) is None  # the first phase's 0.3 steps
     for phases in range(1, 7):
         for budget in range(phases, 60):
+            equal = ramp_lengths(phases, budget, 0.0)
+            assert sum(equal) == budget and max(equal) - min(equal) <= 1  # never None
             for ramp in (-0.5, 0.25, 0.75):
                 lengths = ramp_lengths(phases, budget, ramp)
                 assert lengths is None or (sum(lengths) == budget and min(lengths) >= 1)
+
+
+@pytest.mark.parametrize(
+    ("domains", "phases", "steps", "probes"),
+    [(2, 4, 8, 0), (3, 5, 4, 0), (5, 4, 4, 2), (3, 2, 5, 0), (4, 4, 12, None), (3, 7, 3, None)],
+)
+def test_bwt_spends_exactly_the_budget(domains, phases, steps, probes):
+    """phases x steps_per_phase steps in all, probes included, whatever the counts: more
+    phases than domains (revisits), fewer, steps that do not split evenly."""
+    kinds = {f"d{i}": "open" if i == domains - 1 else "structured" for i in range(domains)}
+    svc = service(kinds=kinds, phases=phases, steps=steps, probe_steps=probes)
+    decisions, _ = drive(svc, uniform_world(kinds), steps)
+    assert sum(d.steps or steps for d in decisions) == phases * steps
+    assert all((d.steps or steps) >= 1 for d in decisions)
 
 
 def test_the_entropy_rule_decides_until_something_is_measured():

@@ -195,4 +195,4 @@ def test_probe_phases_are_not_part_of_the_training_order_nor_of_bwt():
     assert state.training_order() == ["b", "a"]
     assert state.R_trained_order() == [[0.5, 0.1], [0.4, 0.6]]
     assert state.bwt() == pytest.approx(0.4 - 0.5)
-    assert state.fwt() == pytest.approx(0.1 - 0.1)  # a after b's phase vs a's baseline
+    assert state.fwt() == pytest.approx(0.1 - 0.15)  # a after b's phase vs a after the probes

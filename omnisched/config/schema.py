@@ -326,13 +326,14 @@ class Recipe(Strict):
                 f"torch, got {self.learner.backend}"
             )
         if s.probe_steps and s.policy == "bwt":  # None (auto) always fits
-            budget = (s.phases or len(self.domains)) * s.steps_per_phase
+            phases = s.phases or len(self.domains)
+            budget = phases * s.steps_per_phase
             probes = s.probe_steps * len(self.domains)
-            if probes >= budget:
+            if probes > budget - phases:
                 raise ValueError(
                     f"schedule.probe_steps={s.probe_steps}: {len(self.domains)} probes take "
-                    f"{probes} of the run's {budget} steps (phases x steps_per_phase); "
-                    "probes are paid from that budget"
+                    f"{probes} of the run's {budget} steps (phases x steps_per_phase), which "
+                    f"must leave at least one step to each of the {phases} regular phases"
                 )
         return self
 

@@ -260,8 +260,10 @@ def _method(results: dict[str, Any]) -> list[str]:
         "evaluation.",
         "- joint: one phase per domain of mixed steps (every step splits its prompts evenly over "
         "all domains), the same number of steps as the curriculum.",
-        "- bwt: the BWT-guided curriculum decided online (no probe phases: they would be extra "
-        "compute). reverse: the reverse of the order the bwt arm trained, sequential policy.",
+        "- bwt: the BWT-guided curriculum decided online, with the recipe's probes (a short "
+        "phase per domain first) and planned phase lengths, all paid from the same budget of "
+        "steps. reverse (when asked for): the reverse of the order the bwt arm trained, "
+        "sequential policy, equal phases.",
         "- merging: one expert per domain, each trained from the same base for one phase "
         "(steps_per_phase steps on that domain only, the budget a curriculum phase gives it); "
         "the K experts together use exactly the curriculum's steps and samples. Merged by task "

@@ -244,7 +244,7 @@ def run_seed(
         state = train(run_recipe(recipe, run, seed, order), out / run.name, say)
         states[arm.name] = state
         records[arm.name] = run_record(state, out / run.name, group)
-        if state.training_order():
+        if run.policy == "sequential" and state.training_order():  # plain equal phases only
             by_order.setdefault(tuple(state.training_order()), arm.name)  # type: ignore[arg-type]
     base_eval = states["joint"].baseline
     assert base_eval is not None

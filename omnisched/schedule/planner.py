@@ -239,13 +239,19 @@ RAMPS = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75)  # length profiles tried by `plan_le
 
 def ramp_lengths(phases: int, budget: int, ramp: float) -> list[int] | None:
     """`phases` phase lengths in steps summing to `budget`, growing linearly across the plan
-    by `ramp` (0: equal; 0.5: the last three times the first; < 0: shrinking); None when
-    rounding leaves a phase without a step."""
-    if phases <= 1:
-        return [budget] if budget >= 1 else None
+    by `ramp` (0: equal; 0.5: the last three times the first; < 0: shrinking), rounded by
+    largest remainders; None when a phase would get no step (never for ramp 0 with
+    budget >= phases: equal lengths then differ by at most one step)."""
+    if phases <= 0 or budget < phases:
+        return None
+    if phases == 1:
+        return [budget]
     raw = [1.0 + ramp * (2 * i / (phases - 1) - 1) for i in range(phases)]
-    steps = [round(r * budget / sum(raw)) for r in raw[:-1]]
-    steps.append(budget - sum(steps))
+    shares = [r * budget / sum(raw) for r in raw]
+    steps = [int(x) for x in shares]
+    by_remainder = sorted(range(phases), key=lambda i: (steps[i] - shares[i], i))
+    for i in by_remainder[: budget - sum(steps)]:
+        steps[i] += 1
     return steps if min(steps) >= 1 else None
 
 
@@ -260,7 +266,10 @@ def plan_lengths(
     def plan(lengths: Sequence[int]) -> Plan:
         return tuple((d, n / unit) for d, n in zip(order, lengths))
 
-    equal = plan(ramp_lengths(len(order), budget, 0.0) or [max(budget, 1)] * len(order))
+    lengths = ramp_lengths(len(order), budget, 0.0)
+    if lengths is None:
+        raise ValueError(f"{budget} steps cannot give each of {len(order)} phases one")
+    equal = plan(lengths)
     best, value = equal, plan_mean(equal, model)
     for ramp in RAMPS:
         lengths = ramp_lengths(len(order), budget, ramp)

@@ -129,7 +129,10 @@ class BWTPolicy(Policy):
         if not remaining:  # more phases than domains: one more phase where it gains most
             return self._revisit(state, model, budget // left, n)
         order, why = self._order(state, model, remaining, left, x)
-        plan, lengths_why = self._lengths(model, order[:left], budget, n)
+        # this pass over the untrained domains gets its share of the budget; phases beyond it
+        # (more phases than domains) revisit domains with the rest
+        share = budget * len(order) // left if len(order) < left else budget
+        plan, lengths_why = self._lengths(model, order[:left], share, n)
         steps = round(plan[0][1] * n)
         spread = predict_spread(plan, model)
         mean = Estimate(

@@ -92,11 +92,15 @@ class SchedulerState:
         return backward_transfer(R) if R and len(R) >= 2 else None
 
     def fwt(self) -> float | None:
+        """FWT against the accuracies before the first regular phase: the baseline, or after
+        the last probe (each probe trained its own domain a little)."""
         R, order = self.R_trained_order(), self.training_order()
         if not R or len(R) < 2 or self.baseline is None or order is None:
             return None
+        probes = [p for p in self.completed() if p.probe]
+        before = probes[-1].result if probes else self.baseline
         cols = order + [d for d in self.domains if d not in order]
-        return forward_transfer(R, [self.baseline.accuracy[d] for d in cols])
+        return forward_transfer(R, [before.accuracy[d] for d in cols])  # type: ignore[union-attr]
 
     def transfer_matrix(self, full_steps: int | None = None) -> dict[str, dict[str, float]]:
         """D[a][b] from the completed phases (see transfer.transfer_matrix); {} without baseline."""
