@@ -197,8 +197,8 @@ def _orders(results: dict[str, Any], domains: Sequence[str]) -> list[str]:
         "Predictions are post hoc: the additive-transfer planner (`predict_final`) started from "
         "the base model's accuracies, with the transfer D and trained levels the bwt arm "
         "measured. Spearman rho (`order_rank_correlation`) ranks the orders by predicted vs "
-        "measured average; with only the bwt and reverse orders it is ±1 by construction "
-        "(`--all-orders` runs all of them)."
+        "measured average; over two orders (bwt's and a sequential arm's) it is ±1 by "
+        "construction (`--all-orders` runs all of them)."
     )
     out += ["", "| seed | order | predicted avg | measured avg |", "|---|---|---|---|"]
     for seed, orders in results["orders"].items():
