@@ -13,9 +13,12 @@ import atexit
 import itertools
 import os
 import random
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout
 TINY_RECIPE = ROOT / "recipes/tiny.yaml"
@@ -28,6 +31,21 @@ GAP = 0.05  # logits: far above fp32 and bf16 rounding of a tiny model, far belo
 
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _distributed_env_restored():
+    """Each test leaves torch.distributed's variables as it found them: a DeepSpeed learner sets
+    LOCAL_RANK (and accelerate RANK, WORLD_SIZE, ...) in this process, after which TRL's
+    accelerate, in a later test of the same xdist worker, takes the process for a multi-node
+    launch and stops for want of MASTER_ADDR."""
+    saved = {k: os.environ.get(k) for k in DIST_VARS}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def run_python(*args: str, cwd: Path | str | None = None, timeout: float = 120):
@@ -60,6 +78,58 @@ def bench_smoke(script: str, out_dir: Path, *args: str, timeout: float = 300):
         cwd=root,
         timeout=timeout,
     )
+
+
+def start_run(tmp_path: Path, recipe: Path, *args: str) -> subprocess.Popen:
+    """`omnisched run RECIPE -q ARGS` in the background, its output in tmp_path/std{out,err}.txt,
+    in a process group of its own (a SIGKILL of the group takes Ray's children too)."""
+    cmd = [sys.executable, "-m", "omnisched.cli", "run", str(recipe), "-q", *args]
+    return subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=(tmp_path / "stdout.txt").open("w"),
+        stderr=(tmp_path / "stderr.txt").open("w"),
+        start_new_session=True,
+    )
+
+
+def train_steps(run_dir: Path) -> list[int]:
+    """The steps of the `kind: train` records logged so far."""
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r["step"] for r in rows if r["kind"] == "train"]
+
+
+def wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 300.0) -> None:
+    """Poll `cond` until it holds; fail on the timeout or when `proc` exits first."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out waiting"
+        assert proc is None or proc.poll() is None, f"the run exited with {proc.returncode}"
+        time.sleep(0.2)
+
+
+def run_dir_of(tmp_path: Path, proc: subprocess.Popen, pattern: str = "tiny-*") -> Path:
+    """The run directory a background run (`start_run`) creates under tmp_path/runs."""
+    wait_for(lambda: any((tmp_path / "runs").glob(pattern)), proc)
+    return next((tmp_path / "runs").glob(pattern))
+
+
+def ray_actor(name: str):
+    """The process of a Ray actor whose command line contains `name` (e.g. ray::RolloutWorker),
+    or None."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        if any(name in part for part in (p.info["cmdline"] or [])):
+            return p
+    return None
 
 
 def run_records(run_dir: Path, kind: str) -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_records
+from conftest import ray_actor, run_dir_of, run_records, start_run, train_steps, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,8 +52,23 @@ def _run(tmp_path: Path, recipe: str, *extra: str) -> Path:
 
 
 @pytest.mark.slow
-def test_bwt_run_end_to_end_with_ray(tmp_path):
-    run_dir = _run(tmp_path, "recipes/tiny.yaml")
+def test_bwt_run_end_to_end_with_ray_survives_a_killed_rollout_actor(tmp_path):
+    """The embedded default with local Ray actors; its rollout actor is SIGKILLed after two
+    steps: the controller replaces it (weights re-synced from the learner), retries the call,
+    and the run ends as an uninterrupted one would, every step logged once."""
+    args = [
+        *SMALL,
+        f"run.output_dir={tmp_path / 'runs'}",
+        f"model.warm_start.cache_dir={tmp_path / 'cache'}",
+    ]
+    proc = start_run(tmp_path, ROOT / "recipes/tiny.yaml", *args)
+    run_dir = run_dir_of(tmp_path, proc)
+    wait_for(lambda: len(train_steps(run_dir)) >= 2, proc)
+    actor = ray_actor("ray::RolloutWorker")
+    assert actor is not None
+    actor.kill()
+    assert proc.wait(timeout=600) == 0, (tmp_path / "stderr.txt").read_text()[-4000:]
+    assert max(r.get("restarts/rollout", 0) for r in run_records(run_dir, "train")) >= 1
     state = json.loads((run_dir / "scheduler_state.json").read_text())
     assert state["policy"] == "bwt"
     trained = [p["trained"] for p in state["phases"]]
