@@ -75,6 +75,7 @@ def one_run(model: Path, count: int, s: dict[str, Any], workdir: Path) -> dict[s
         threads=s["threads"],
         eval_sizes=sizes,
         name=f"bench-sched-{count}",
+        policy="bwt",  # the recipe's policy, with its default probes (each one more evaluation)
     )
     data["eval"]["samples"] = s["eval_samples"]
     run = run_cli(data, workdir / f"d{count}")

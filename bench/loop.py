@@ -43,9 +43,12 @@ def recipe_data(
     threads: int,
     eval_sizes: dict[str, int] | None = None,
     name: str = "bench",
+    policy: str = "sequential",
 ) -> dict[str, Any]:
     """recipes/tiny.yaml with the given model folder, domains (in this order) and sizes;
-    validated by omnisched's own schema before it is returned."""
+    validated by omnisched's own schema before it is returned. `policy`: sequential (one
+    phase per domain: the loop's throughput, no probe phases or evaluations mid-measurement)
+    unless a benchmark measures a policy."""
     from omnisched.config import validate_recipe
 
     data = copy.deepcopy(yaml.safe_load(TINY_RECIPE.read_text()))
@@ -64,7 +67,9 @@ def recipe_data(
     data["model"]["dtype"] = "bfloat16"
     data["learner"]["bf16"] = True
     data["rollout"].update(group_size=group_size, max_new_tokens=new_tokens)
-    data["schedule"].update(prompts_per_step=prompts, steps_per_phase=steps_per_phase)
+    data["schedule"].update(
+        policy=policy, prompts_per_step=prompts, steps_per_phase=steps_per_phase
+    )
     validate_recipe(copy.deepcopy(data), source="bench recipe")
     return data
 

@@ -46,8 +46,9 @@ def test_a_fixed_phase_charges_what_its_steps_drew(tmp_path):
     svc.next_phase()
     svc.observe_step(1, stats({"math": 4, "code": 2, "qa": 2}))  # domain weights 2:1:1
     svc.observe_step(2, stats({"math": 8, "code": 3, "qa": 5}))  # refilled to 16 draws
-    # the process dies; the resumed run replays step 2, then goes on
-    resumed = service(tmp_path / "s.json", "joint", SchedulerState.load(tmp_path / "s.json"))
+    snapshot = svc.get_state()  # a checkpoint at step 2 holds the scheduler's state as it is
+    # the process dies; the resumed run, from that checkpoint, replays step 2, then goes on
+    resumed = service(tmp_path / "s.json", "joint", SchedulerState.from_dict(snapshot))
     resumed.next_phase()  # the open phase's decision stands
     resumed.observe_step(2, stats({"math": 8, "code": 3, "qa": 5}))
     resumed.observe_step(3, stats({"math": 4, "code": 2, "qa": 2}))
