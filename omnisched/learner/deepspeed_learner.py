@@ -84,9 +84,9 @@ def init_distributed() -> None:
     """Join the process group the env describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, as
     torchrun sets them); with no RANK, form a group of one on a free port, leaving the env as is
     (child processes, e.g. Ray workers, must not inherit a rendezvous meant for this process)."""
-    if dist.is_initialized():
-        return
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it; a Ray actor sees only its GPU
+    if dist.is_initialized():  # (set it even then: DeepSpeed checks it at every initialize)
+        return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if "RANK" in os.environ:
         dist.init_process_group(backend)
