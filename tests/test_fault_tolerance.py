@@ -20,17 +20,6 @@ from test_e2e import ROOT, SMALL
 pytestmark = pytest.mark.slow
 
 
-def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
-    args = [
-        *SMALL,
-        f"run.output_dir={tmp_path / 'runs'}",
-        f"model.warm_start.cache_dir={tmp_path / 'cache'}",
-        "schedule.probe_steps=0",  # phases of the lengths the tests count on
-        *extra,
-    ]
-    return start_run(tmp_path, ROOT / "recipes/tiny.yaml", *args)
-
-
 NO_WARM_START = [
     "model.warm_start.enabled=false",
     "eval.samples=1",
@@ -38,20 +27,30 @@ NO_WARM_START = [
 ]
 
 
-def test_sigkill_mid_phase_then_resume_loses_and_repeats_no_step(tmp_path):
-    proc = _start(
+def _run_past_checkpoint(tmp_path: Path, steps: int, *extra: str):
+    """Start tiny.yaml (phases of the lengths the tests count on, a checkpoint every 2 steps)
+    and wait until `steps` train steps are logged and a checkpoint exists: (process, run dir)."""
+    proc = start_run(
         tmp_path,
+        ROOT / "recipes/tiny.yaml",
+        *SMALL,
         *NO_WARM_START,
-        "ray.enabled=false",
-        "schedule.phases=2",
+        f"run.output_dir={tmp_path / 'runs'}",
+        f"model.warm_start.cache_dir={tmp_path / 'cache'}",
+        "schedule.probe_steps=0",
         "schedule.steps_per_phase=4",
         "run.checkpoint_every=2",
+        *extra,
     )
     run_dir = run_dir_of(tmp_path, proc)
+    ckpt = run_dir / "checkpoints/latest"
+    wait_for(lambda: len(train_steps(run_dir)) >= steps and ckpt.exists(), proc)
+    return proc, run_dir
+
+
+def test_sigkill_mid_phase_then_resume_loses_and_repeats_no_step(tmp_path):
     # past the step-2 checkpoint and into step 3, i.e. mid-phase after a checkpoint
-    wait_for(
-        lambda: len(train_steps(run_dir)) >= 3 and (run_dir / "checkpoints/latest").exists(), proc
-    )
+    proc, run_dir = _run_past_checkpoint(tmp_path, 3, "ray.enabled=false", "schedule.phases=2")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = train_steps(run_dir)
@@ -79,17 +78,7 @@ def test_sigkill_mid_phase_then_resume_loses_and_repeats_no_step(tmp_path):
 
 
 def test_a_killed_learner_rank_restarts_the_run_from_its_checkpoint(tmp_path):
-    proc = _start(
-        tmp_path,
-        *NO_WARM_START,
-        "schedule.phases=1",
-        "schedule.steps_per_phase=4",
-        "run.checkpoint_every=2",
-    )
-    run_dir = run_dir_of(tmp_path, proc)
-    wait_for(
-        lambda: len(train_steps(run_dir)) >= 2 and (run_dir / "checkpoints/latest").exists(), proc
-    )
+    proc, run_dir = _run_past_checkpoint(tmp_path, 2, "schedule.phases=1")
     actor = ray_actor("ray::LearnerWorker")
     assert actor is not None
     actor.kill()

@@ -30,16 +30,15 @@ from omnisched.learner import lora
 from omnisched.learner.base import Count, TrainSample
 from omnisched.learner.batching import plan_micro_batches, split_to_count
 from omnisched.learner.micro_batch import MicroBatch, build_micro_batch, to_device
+from omnisched.learner.shared import LearnerBase
 from omnisched.learner.step import (
     Normalisers,
     accumulate_gradients,
     check_samples,
     fill_fixed_logprobs,
     normalisers,
-    sample_logprobs,
     step_metrics,
 )
-from omnisched.model.precision import resolve_bf16
 
 if not torch.cuda.is_available():  # deepspeed picks its accelerator when first imported
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -101,31 +100,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class DeepSpeedLearner:
+class DeepSpeedLearner(LearnerBase):
     """GRPO on one HF causal LM wrapped by `deepspeed.initialize` (ZeRO 0-3, torch AdamW).
 
     Same constructor as `TorchLearner`; `cfg.deepspeed` picks the ZeRO stage, optimizer offload,
     micro-batches per optimizer step and raw DeepSpeed config overrides.
     """
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        cfg: LearnerConfig,
-        pad_token_id: int,
-        ref_model: PreTrainedModel | None = None,
-        max_completion_len: int | None = None,
-        temperature: float = 1.0,
-    ) -> None:
-        self.cfg = cfg.model_copy(update={"bf16": resolve_bf16(cfg.bf16)})  # "auto" resolved
-        cfg = self.cfg
-        if cfg.logits_chunk_tokens and cfg.deepspeed.zero_stage == 3:
+    def _setup(self) -> None:  # LearnerBase's constructor: cfg, model, ref_model, ...
+        cfg, model = self.cfg, self.model
+        if cfg.logits_chunk_tokens and cfg.deepspeed.zero_stage == 3:  # (the schema checks it)
             raise ConfigError(ZERO3_CHUNKS)
-        self.pad_token_id = pad_token_id
-        self.max_completion_len = max_completion_len
-        self.temperature = temperature
-        # the reference is copied before bf16 casting; with cfg.lora it is the peft model's base
-        model, self.ref_model = lora.with_reference(model, ref_model, cfg)
         self.dtypes = {k: v.dtype for k, v in lora.base_state(model).items()}  # sync dtypes
         self.dtype = model.dtype
         init_distributed()
@@ -166,10 +151,6 @@ class DeepSpeedLearner:
             for group, group_norm in self._accumulation_groups(batches, norm)
         ]
         return step_metrics(steps, samples, cfg.ppo_epochs, t0)
-
-    def logprobs(self, samples: Sequence[TrainSample]) -> list[list[float]]:
-        """Completion-token logprobs of the current policy at the sampling temperature."""
-        return sample_logprobs(self.model, samples, self.cfg, self.pad_token_id, self.temperature)
 
     def state_dict(self) -> dict[str, Tensor]:
         """Full policy weights as a detached CPU snapshot in the model's original dtypes. Under

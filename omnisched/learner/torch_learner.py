@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel
 
-from omnisched.config.schema import LearnerConfig
 from omnisched.learner import lora
 from omnisched.learner.base import Count, TrainSample
 from omnisched.learner.micro_batch import MicroBatch, micro_batches
+from omnisched.learner.shared import LearnerBase
 from omnisched.learner.step import (
     GradAlignment,
     Normalisers,
@@ -26,35 +25,19 @@ from omnisched.learner.step import (
     check_samples,
     fill_fixed_logprobs,
     normalisers,
-    sample_logprobs,
     step_metrics,
 )
-from omnisched.model.precision import resolve_bf16
 
 
-class TorchLearner:
+class TorchLearner(LearnerBase):
     """GRPO on one HF causal LM with plain torch: AdamW, grad clipping, optional KL to a ref.
 
-    `max_completion_len` is Dr.GRPO's constant normaliser (set it to the rollout's max_new_tokens);
-    None uses the longest completion of each step. `temperature` is the rollout's sampling
-    temperature: logprobs (policy and reference) are those of softmax(logits / temperature).
+    The constructor is `LearnerBase`'s (model, cfg, pad_token_id, ref_model, max_completion_len,
+    temperature).
     """
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        cfg: LearnerConfig,
-        pad_token_id: int,
-        ref_model: PreTrainedModel | None = None,
-        max_completion_len: int | None = None,
-        temperature: float = 1.0,
-    ) -> None:
-        self.cfg = cfg.model_copy(update={"bf16": resolve_bf16(cfg.bf16)})  # "auto" resolved
+    def _setup(self) -> None:  # LearnerBase's constructor: cfg, model, ref_model, ...
         cfg = self.cfg
-        self.pad_token_id = pad_token_id
-        self.max_completion_len = max_completion_len
-        self.temperature = temperature
-        self.model, self.ref_model = lora.with_reference(model, ref_model, cfg)  # cfg.lora: peft
         self.device = next(self.model.parameters()).device
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -87,10 +70,6 @@ class TorchLearner:
             self.model, batches, self.cfg, lambda loss, _: loss.backward(), norm, self.temperature
         )
         return {k: float(v) for k, v in sums.items()}
-
-    def logprobs(self, samples: Sequence[TrainSample]) -> list[list[float]]:
-        """Completion-token logprobs of the current policy at the sampling temperature."""
-        return sample_logprobs(self.model, samples, self.cfg, self.pad_token_id, self.temperature)
 
     def state_dict(self) -> dict[str, Tensor]:
         """A detached CPU snapshot of the policy weights (later steps do not change it); with
