@@ -3,6 +3,7 @@ its `_setup`) and `logprobs`."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from transformers import PreTrainedModel
@@ -14,7 +15,7 @@ from omnisched.learner.step import sample_logprobs
 from omnisched.model.precision import resolve_bf16
 
 
-class LearnerBase:
+class LearnerBase(ABC):
     """`cfg` with bf16 "auto" resolved, the padding id, Dr.GRPO's constant normaliser
     (`max_completion_len`: the rollout's max_new_tokens; None uses each step's longest
     completion), the rollout's sampling `temperature` (logprobs, policy and reference, are those
@@ -39,9 +40,9 @@ class LearnerBase:
         self.model, self.ref_model = lora.with_reference(model, ref_model, self.cfg)
         self._setup()
 
+    @abstractmethod
     def _setup(self) -> None:
         """The backend's own set-up (optimizer, engine), run at the end of `__init__`."""
-        raise NotImplementedError
 
     def logprobs(self, samples: Sequence[TrainSample]) -> list[list[float]]:
         """Completion-token logprobs of the current policy at the sampling temperature."""
