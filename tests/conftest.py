@@ -29,6 +29,15 @@ random.Random(0).shuffle(WORDS)
 COPY_TRAIN, COPY_HELD_OUT = WORDS[:180], WORDS[180:]
 GAP = 0.05  # logits: far above fp32 and bf16 rounding of a tiny model, far below real margins
 
+# Machines of this kind export PYTHONDONTWRITEBYTECODE=1 and the install runs pip with
+# --no-compile, so no .pyc existed and every process the suite starts (xdist workers, `omnisched`
+# subprocesses, Ray actors, vLLM engine cores: well over a hundred) compiled torch, transformers
+# and vLLM from source again: `from transformers import AutoModelForCausalLM` took 10.7 s,
+# `import vllm` 13.5 s, against 4.1 s each from cached bytecode. The suite lets Python cache
+# what it imports (.venv/ and __pycache__/ are git-ignored); children inherit the environment.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
