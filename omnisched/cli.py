@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from omnisched.errors import OmniError
+from omnisched.exit_noise import drop_teardown_noise
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -388,6 +389,8 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    finally:
+        drop_teardown_noise()  # triton's "nanobind: leaked ..." lines at interpreter exit
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from omnisched.exit_noise import drop_teardown_noise
+
 ROOT = Path(__file__).resolve().parents[1]  # the checkout
 TINY_RECIPE = ROOT / "recipes/tiny.yaml"
 PAPER_RECIPE = ROOT / "recipes/omni-thinker-7b.yaml"
@@ -236,14 +238,8 @@ def copy_model(tiny, cache: Path, words: Sequence[str], steps: int = 60) -> str:
 
 
 def pytest_unconfigure(config) -> None:
-    """torch and vLLM import triton, whose nanobind bindings print "nanobind: leaked N
-    instances / types / functions" to stderr as the interpreter tears its modules down
-    (triton's teardown, harmless; the report is complete by then). stderr is closed at exit,
-    after pytest has given back the file descriptors it captured."""
-    if "triton" in sys.modules:
-        atexit.register(_close_stderr)
-
-
-def _close_stderr() -> None:
-    sys.stderr.flush()
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    """torch and vLLM import triton, whose nanobind bindings print a "nanobind: leaked ..." report
+    to stderr as the interpreter tears its modules down (harmless; pytest's report is complete by
+    then). The filter `omnisched` uses drops it, set at exit: after pytest has given back the
+    file descriptors it captured."""
+    atexit.register(drop_teardown_noise)
