@@ -11,7 +11,6 @@ else through unchanged; the filter ends when this process closes its stderr, at 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 NOISE = (b"nanobind: ", b" - leaked ", b" - ... skipped remainder", b"See https://nanobind")
@@ -29,15 +28,20 @@ for line in sys.stdin.buffer:
 
 def drop_teardown_noise() -> None:
     """From now until exit, stderr goes through the filter (only once triton was imported: a
-    torch-free process, like the Ray driver, prints none of it)."""
-    if "triton" not in sys.modules:
+    torch-free process, like the Ray driver, prints none of it). The filter is spawned without a
+    `Popen` object, which would warn at exit that its process is still running."""
+    if "triton" not in sys.modules or not hasattr(os, "posix_spawn"):
         return
     sys.stderr.flush()
+    read, write = os.pipe()  # both ends close-on-exec: the filter keeps only its stdin copy
+    actions = [(os.POSIX_SPAWN_DUP2, read, 0), (os.POSIX_SPAWN_DUP2, 2, 1)]  # out: real stderr
     try:
-        filt = subprocess.Popen(
-            [sys.executable, "-S", "-c", _FILTER], stdin=subprocess.PIPE, stdout=2, close_fds=True
-        )
+        os.posix_spawn(sys.executable, [sys.executable, "-S", "-c", _FILTER], os.environ,
+                       file_actions=actions)  # fmt: skip
     except OSError:  # no process to spare: the noise stays, the exit is unaffected
+        os.close(write)
         return
-    os.dup2(filt.stdin.fileno(), 2)  # fd 2 is now the pipe's only write end left open here...
-    filt.stdin.close()  # ...so the filter sees EOF when this process exits
+    finally:
+        os.close(read)
+    os.dup2(write, 2)  # fd 2 is now the pipe's only write end...
+    os.close(write)  # ...so the filter sees EOF when this process exits
